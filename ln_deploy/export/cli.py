@@ -1,0 +1,41 @@
+"""Export a PyTorch model (SPEC = path/to/file.py:NAME or package.module:NAME) to ONNX."""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("spec", metavar="SPEC", help="path/to/file.py:NAME or package.module:NAME; NAME() returns "
+                   "an nn.Module or (module, example_inputs)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the model")
+    p.add_argument("--checkpoint", metavar="FILE", help="weights: .safetensors, or a state_dict readable with "
+                   "torch.load(weights_only=True); anything needing arbitrary unpickling is refused")
+    p.add_argument("--opset", type=int, help="ONNX opset (>= 17; default: the exporter's own)")
+    p.add_argument("--rnn-mode", choices=("scan", "step", "unroll"),
+                   help="recurrent models: scan = one graph for any sequence length (default), step = the cell "
+                        "with explicit state inputs/outputs, unroll = the plain trace (fixed length)")
+    p.add_argument("--dynamic-axes", action="append", metavar="NAME:AXIS=LABEL[,...]",
+                   help="override the dynamic axes of one input (repeatable), e.g. x:0=batch,1=seq or x:static. "
+                        "Default: axis 0 = batch for every input; axis 1 = seq for rank-2/3 inputs; "
+                        "axes 2,3 = height,width for rank-4 inputs")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
+                   help="torch.onnx exporter: dynamo (default in torch), legacy TorchScript, or auto = dynamo "
+                        "with a fallback to legacy (default)")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest |ONNX Runtime - PyTorch| accepted before the file is kept (default 1e-4)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime run (not recommended)")
+
+
+def run(args) -> int:
+    from . import export_model, parse_dynamic_axes
+
+    r = export_model(args.spec, args.output, checkpoint=args.checkpoint, opset=args.opset,
+                     rnn_mode=args.rnn_mode, dynamic_axes=parse_dynamic_axes(args.dynamic_axes),
+                     verify=not args.no_verify, exporter=args.exporter, atol=args.atol)
+    dyn = ", ".join(f"{n}[{','.join(f'{k}:{v}' for k, v in a.items())}]" for n, a in r.dynamic_axes.items()
+                    if n in r.input_names and a)
+    print(f"wrote {r.path}: opset {r.opset} ({r.exporter} exporter), {r.node_count} nodes, "
+          f"{r.norm_count} normalization ops" + (f", rnn mode {r.rnn_mode}" if r.rnn_mode else ""))
+    print(f"  inputs: {', '.join(r.input_names)}; outputs: {', '.join(r.output_names)}; dynamic: {dyn or 'none'}")
+    if not args.no_verify:
+        print(f"  ONNX Runtime vs PyTorch: max abs error {r.max_abs_error:.3g}")
+    return 0
