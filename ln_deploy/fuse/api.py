@@ -1,0 +1,261 @@
+"""``fuse_model`` / ``fuse_file``: recognise normalization in any ONNX graph and fuse it.
+
+Pipeline: shape inference → onnx_ir → common-subexpression elimination → canonical Cast chains →
+the rule families (``rules/``) until nothing changes → lowering to the target (``lower``) →
+dead-node removal → the safety check in ONNX Runtime (``verify``), bisected to one rewrite when
+it fails. The input model is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import BadInputError, CheckFailedError
+
+TARGETS = ("onnx", "tensorrt")
+
+
+@dataclass
+class FuseReport:
+    target: str
+    fused: dict
+    rejected: list
+    nodes_before: int
+    nodes_after: int
+    opset_before: int
+    opset_after: int
+    channels_first: int = 0
+    notes: list = field(default_factory=list)
+    verified: bool = False
+    max_error: float | None = None
+    seconds: float = 0.0
+    applied: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "fused": self.fused,
+            "rejected": self.rejected,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "opset_before": self.opset_before,
+            "opset_after": self.opset_after,
+            "channels_first": self.channels_first,
+            "notes": self.notes,
+            "verified": self.verified,
+            "max_relative_error": self.max_error,
+            "seconds": round(self.seconds, 3),
+            "rewrites": self.applied,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    @property
+    def total_fused(self) -> int:
+        return self.fused["LayerNormalization"] + self.fused["RMSNormalization"]
+
+    def summary(self) -> str:
+        f = self.fused
+        lines = [
+            f"fused ({self.target}): {f['LayerNormalization']} LayerNorm, {f['RMSNormalization']} RMSNorm"
+            + (f", {f['SkipLayerNormalization']} with the residual add (SkipNorm)" if self.target == "tensorrt" else "")
+            + (f" ({self.channels_first} channels-first, via Transpose)" if self.channels_first else ""),
+            f"nodes: {self.nodes_before} -> {self.nodes_after}"
+            + (f"; opset {self.opset_before} -> {self.opset_after}" if self.opset_after != self.opset_before else ""),
+        ]
+        if self.verified:
+            lines.append(f"checked in ONNX Runtime: max relative error {self.max_error:.2g}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        if self.rejected:
+            lines.append(f"left as is ({len(self.rejected)}):")
+            for r in self.rejected:
+                nodes = ", ".join(r["nodes"][:4]) + (", ..." if len(r["nodes"]) > 4 else "")
+                lines.append(f"  - {r['reason']} [{nodes}]")
+        return "\n".join(lines)
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+_RULESETS: dict = {}
+
+
+def _rule_sets(extra):
+    from . import rules as R
+
+    key = tuple(id(r) for r in extra or ())
+    if key not in _RULESETS:
+        core = list(extra or []) + R.CORE_RULES
+        _RULESETS[key] = (R.rule_set(R.CANONICAL_RULES), R.rule_set(core + R.FOLD_RULES))
+    return _RULESETS[key]
+
+
+def _run(proto, target: str, limit: int | None = None, extra_rules=None):
+    """One fusion pass over a copy of ``proto``: (fused ModelProto, context, counts)."""
+    import onnx
+    import onnx_ir as ir
+    import onnx_ir.passes.common as passes
+
+    from ._common import FuseContext, fuse_context
+    from .lower import lower
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 - fusion still works where shapes are known from elsewhere
+        inferred = proto
+    model = ir.from_proto(inferred)
+    seen = Counter()
+    for node in model.graph:
+        if not node.name:
+            seen[node.op_type] += 1
+            node.name = f"{node.op_type}_{seen[node.op_type]}"
+    passes.CommonSubexpressionEliminationPass()(model)
+    ctx = FuseContext(target=target, opset=_opset(proto), limit=limit)
+    canonical, main = _rule_sets(extra_rules)
+    with fuse_context(ctx):
+        if canonical.apply_to_model(model):
+            passes.IdentityEliminationPass()(model)
+        for _ in range(8):
+            if not main.apply_to_model(model):
+                break
+        counts = lower(model, target)
+    passes.RemoveUnusedNodesPass()(model)
+    passes.RemoveUnusedOpsetsPass()(model) if hasattr(passes, "RemoveUnusedOpsetsPass") else None
+    model.graph.opset_imports.setdefault("", ctx.opset)
+    return ir.to_proto(model), ctx, counts
+
+
+def _checkable(fused, target):
+    """The model ONNX Runtime runs for the check: plugin nodes expanded for the tensorrt target."""
+    if target != "tensorrt":
+        return fused
+    import onnx_ir as ir
+
+    from .reference import expand_plugins
+
+    m = ir.from_proto(fused)
+    expand_plugins(m)
+    return ir.to_proto(m)
+
+
+def _upgrade(proto, want: int, notes: list):
+    import onnx
+    from onnx import version_converter
+
+    have = _opset(proto)
+    if want <= have:
+        return proto
+    try:
+        new = version_converter.convert_version(proto, want)
+        onnx.checker.check_model(new)
+        notes.append(f"opset raised from {have} to {want} with the ONNX version converter")
+        return new
+    except Exception as e:  # noqa: BLE001 - the converter fails in many ways; fusion goes on at the old opset
+        notes.append(f"could not raise opset {have} to {want} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                     "normalizations that need it are left as they are")
+        return proto
+
+
+def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify: bool = True,
+               seed: int = 0, extra_rules=None):
+    """Fuse normalization patterns in ``model`` (an ``onnx.ModelProto`` or a path).
+
+    target: ``"onnx"`` (standard LayerNormalization/RMSNormalization) or ``"tensorrt"``
+    (LnDeployNorm/LnDeploySkipNorm plugin nodes). ``opset``: raise the model to at least this opset
+    first (e.g. 23 for RMSNormalization); models below 17 are raised to 17 for the onnx target.
+    ``verify``: run the safety check (raises CheckFailedError naming the rewrite at fault).
+    ``extra_rules``: more onnxscript rules tried before the built-in ones (tests use this).
+    Returns ``(fused ModelProto, FuseReport)``.
+    """
+    import onnx
+
+    from .. import progress
+    from ..fileio import load_onnx
+
+    if target not in TARGETS:
+        raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if isinstance(model, (str, os.PathLike)):
+        model = load_onnx(model)
+    if not isinstance(model, onnx.ModelProto):
+        raise BadInputError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+    t0 = time.perf_counter()
+    original = model
+    opset_before = _opset(original)
+    notes: list[str] = []
+    want = max(opset or 0, 17 if target == "onnx" else 0)
+    work = _upgrade(original, want, notes) if want > opset_before else original
+
+    with progress.step(f"fusing normalization ({target} target)"):
+        fused, ctx, counts = _run(work, target, extra_rules=extra_rules)
+    n_fused = counts["LayerNormalization"] + counts["RMSNormalization"]
+    if n_fused == 0 and work is not original:
+        notes = [n for n in notes if not n.startswith("opset raised")] + ["nothing fused; the model is unchanged"]
+        fused, _, counts = _run(original, target, extra_rules=extra_rules)
+    report = FuseReport(
+        target=target,
+        fused={"LayerNormalization": counts["LayerNormalization"], "RMSNormalization": counts["RMSNormalization"],
+               "SkipLayerNormalization": counts["SkipLayerNormalization"]},
+        rejected=[r.as_dict() for r in ctx.rejections],
+        nodes_before=len(original.graph.node),
+        nodes_after=len(fused.graph.node),
+        opset_before=opset_before,
+        opset_after=_opset(fused),
+        channels_first=counts["channels_first"],
+        notes=notes,
+        applied=[{"rule": a.rule, "nodes": a.nodes} for a in ctx.applied],
+    )
+    if any(r["rule"].startswith("RMSNorm") and "opset" in r["reason"] for r in report.rejected):
+        report.notes.append("RMS normalization needs opset 23 for the onnx target; pass opset=23 (--opset 23) "
+                            "or use the tensorrt target")
+    if verify and ctx.applied:
+        from .verify import compare
+
+        with progress.step("checking the fused model against the original in ONNX Runtime"):
+            mismatches, worst = compare(original, _checkable(fused, target), seed)
+        if mismatches:
+            culprit = _bisect(original, work, target, len(ctx.applied), extra_rules, seed)
+            where = f"; first bad rewrite: {culprit['rule']} on nodes {', '.join(culprit['nodes'])}" if culprit else ""
+            raise CheckFailedError(f"fused model differs from the original: {mismatches[0]}{where}; nothing written")
+        report.verified, report.max_error = True, worst
+    report.seconds = time.perf_counter() - t0
+    return fused, report
+
+
+def _bisect(original, work, target, n, extra_rules, seed):
+    """The first rewrite whose inclusion makes the check fail (rewrites are applied in a fixed order)."""
+    from .verify import compare
+
+    _, ctx, _ = _run(work, target, extra_rules=extra_rules)
+    lo, hi = 0, n  # limit=hi fails; limit=lo is assumed to pass
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        fused, _, _ = _run(work, target, limit=mid, extra_rules=extra_rules)
+        bad, _ = compare(original, _checkable(fused, target), seed)
+        if bad:
+            hi = mid
+        else:
+            lo = mid
+    a = ctx.applied[hi - 1] if hi - 1 < len(ctx.applied) else None
+    return {"rule": a.rule, "nodes": a.nodes} if a else None
+
+
+def fuse_file(in_path, out_path, target: str = "onnx", *, report_path=None, **kwargs) -> FuseReport:
+    """Load an untrusted model file, fuse it, check it, and write it (and the report) atomically."""
+    from ..fileio import check_output_path, load_onnx, save_onnx_atomic, write_text_atomic
+
+    check_output_path(out_path)
+    if report_path is not None:
+        check_output_path(report_path)
+    model = load_onnx(in_path)
+    fused, report = fuse_model(model, target, **kwargs)
+    save_onnx_atomic(fused, out_path)
+    if report_path is not None:
+        write_text_atomic(report_path, report.to_json() + "\n")
+    return report

@@ -1,0 +1,154 @@
+"""Internal Norm nodes → the target's operators.
+
+``onnx``:     LayerNormalization (opset ≥ 17) / RMSNormalization (opset ≥ 23), ``stash_type=1``.
+``tensorrt``: LnDeployNorm / LnDeploySkipNorm plugin nodes written from ``plugin_spec``; a Norm
+              whose input is a residual ``Add`` of two same-shape tensors becomes one
+              LnDeploySkipNorm (second output = the sum, when the sum is used elsewhere).
+
+Normalized axes that are not the trailing ones (channels-first: axis 1 of NCHW) are moved last
+with a Transpose and moved back after, so both targets express them (see ``rules/channels_first``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import plugin_spec
+from ._common import (INTERNAL_DOMAIN, KIND_LN, KIND_NAMES, const, is_internal, norm_attrs, param_for_axes,
+                      replace_value, static_dims)
+from .rules import channels_first
+
+
+def lower(model: ir.Model, target: str) -> Counter:
+    """Replace every internal node in ``model`` in place; return counts for the report."""
+    graph = model.graph
+    counts: Counter = Counter()
+    names = _NameMaker(graph)
+    for node in list(graph):
+        if not is_internal(node):
+            continue
+        a = norm_attrs(node)
+        x = node.inputs[0]
+        dims = static_dims(x)
+        scale = node.inputs[1] if len(node.inputs) > 1 else None
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        dtype = node.outputs[0].dtype or x.dtype
+        new_nodes: list[ir.Node] = []
+        x_in, axes = x, a["axes"]
+        r = len(dims)
+        k = len(axes)
+        perm = channels_first.permutation(axes, r)
+        if perm is not None:
+            t = ir.node("Transpose", [x], attributes={"perm": perm}, name=names("to_last"))
+            new_nodes.append(t)
+            x_in = t.outputs[0]
+            dims = [dims[p] for p in perm]
+            axes = tuple(range(r - k, r))
+        norm_dims = [dims[i] for i in axes]
+        scale_arr = (np.ones(norm_dims, dtype=dtype.numpy()) if scale is None
+                     else param_for_axes(const(scale), static_dims(node.inputs[0]), a["axes"]))
+        scale_v = _initializer(graph, names("scale"), scale_arr)
+        bias_v = None
+        if bias is not None:
+            bias_v = _initializer(graph, names("bias"), param_for_axes(const(bias), static_dims(node.inputs[0]), a["axes"]))
+        skip = _residual(x) if target == "tensorrt" and perm is None else None
+        if target == "onnx":
+            if a["kind"] == KIND_LN:
+                ins = [x_in, scale_v] + ([bias_v] if bias_v is not None else [])
+                n = ir.node("LayerNormalization", ins, attributes={"axis": -k, "epsilon": a["epsilon"], "stash_type": 1},
+                            name=names("LayerNorm"))
+                new_nodes.append(n)
+                y = n.outputs[0]
+            else:
+                n = ir.node("RMSNormalization", [x_in, scale_v], attributes={"axis": -k, "epsilon": a["epsilon"], "stash_type": 1},
+                            name=names("RMSNorm"))
+                new_nodes.append(n)
+                y = n.outputs[0]
+                if bias_v is not None:
+                    add = ir.node("Add", [y, bias_v], name=names("RMSNorm_bias"))
+                    new_nodes.append(add)
+                    y = add.outputs[0]
+        else:
+            fields = {"kind": a["kind"], "epsilon": a["epsilon"], "num_normalized_dims": k}
+            if skip is not None:
+                add_node, used_elsewhere = skip
+                fields["output_sum"] = int(used_elsewhere)
+                spec = plugin_spec.SKIP_NORM
+                ins = [add_node.inputs[0], add_node.inputs[1], scale_v] + ([bias_v] if bias_v is not None else [])
+            else:
+                spec = plugin_spec.NORM
+                ins = [x_in, scale_v] + ([bias_v] if bias_v is not None else [])
+            n = plugin_node(spec, ins, fields, name=names(spec.name),
+                            num_outputs=2 if skip is not None and skip[1] else 1)
+            new_nodes.append(n)
+            y = n.outputs[0]
+            if skip is not None:
+                counts["SkipLayerNormalization"] += 1
+                if skip[1]:
+                    s = n.outputs[1]
+                    s.dtype, s.shape = add_node.outputs[0].dtype, add_node.outputs[0].shape
+                    replace_value(add_node.outputs[0], s)
+        if perm is not None:
+            back = ir.node("Transpose", [y], attributes={"perm": channels_first.inverse(perm)}, name=names("from_last"))
+            new_nodes.append(back)
+            y = back.outputs[0]
+        y.dtype, y.shape = node.outputs[0].dtype, node.outputs[0].shape
+        graph.insert_before(node, new_nodes)
+        replace_value(node.outputs[0], y)
+        graph.remove(node, safe=True)
+        counts[KIND_NAMES[a["kind"]]] += 1
+        if perm is not None:
+            counts["channels_first"] += 1
+    graph.opset_imports.pop(INTERNAL_DOMAIN, None)
+    if target == "tensorrt":
+        graph.sort()  # a SkipNorm's sum output may now feed nodes placed before it
+    return counts
+
+
+def plugin_node(spec: plugin_spec.PluginDef, inputs, fields: dict, name: str, num_outputs: int = 1) -> ir.Node:
+    """A node TensorRT's ONNX parser imports through its plugin fallback: op_type = plugin name,
+    ``plugin_version``/``plugin_namespace``, one attribute per field of ``plugin_spec``."""
+    attrs = {"plugin_version": plugin_spec.VERSION, "plugin_namespace": plugin_spec.NAMESPACE}
+    for f in spec.fields:
+        v = fields.get(f.name, f.default)
+        attrs[f.name] = float(v) if f.type == "float32" else int(v)
+    return ir.node(spec.name, list(inputs), attributes=attrs, num_outputs=num_outputs, name=name)
+
+
+def _residual(x: ir.Value):
+    """(Add node, sum used elsewhere) when ``x`` is a residual sum of two same-shape tensors."""
+    add = x.producer()
+    if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return None
+    a, b = add.inputs
+    if const(a) is not None or const(b) is not None:
+        return None  # adding a bias, not a residual
+    da, db, dx = static_dims(a), static_dims(b), static_dims(x)
+    if da is None or db is None or dx is None or not (da == db == dx) or None in dx:
+        return None
+    others = len(x.uses()) > 1 or x.is_graph_output()
+    return add, others
+
+
+def _initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
+    v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(arr), name=name))
+    v.dtype, v.shape = v.const_value.dtype, ir.Shape(list(arr.shape))
+    graph.register_initializer(v)
+    return v
+
+
+class _NameMaker:
+    def __init__(self, graph: ir.Graph):
+        self.used = {n.name for n in graph} | set(graph.initializers)
+        self.i = Counter()
+
+    def __call__(self, base: str) -> str:
+        while True:
+            self.i[base] += 1
+            name = f"ln_deploy/{base}_{self.i[base]}"
+            if name not in self.used:
+                self.used.add(name)
+                return name

@@ -1,0 +1,53 @@
+"""The base of every ln_deploy fusion rule: onnxscript's ``RewriteRuleClassBase`` plus reasons.
+
+A rule states its ``pattern`` in ONNX ops, explains in ``reason`` (None = fine) why a structural
+match is not the operation it looks like, and emits the replacement in ``rewrite``. ``check`` is
+shared: it files every reason with the fusion context (it ends up in the report), and honours the
+context's rewrite limit (used to bisect a failed safety check down to one rewrite).
+"""
+
+from __future__ import annotations
+
+from onnxscript.rewriter import pattern
+
+from .._common import Applied, ctx, node_label
+
+
+class FusionRule(pattern.RewriteRuleClassBase):
+    #: report rejections of this rule (off for rules whose near-misses are common and harmless,
+    #: e.g. "an Add after a norm whose other operand is not a constant")
+    report = True
+    #: a rewrite that fuses something (counted, and subject to the bisection limit); canonical
+    #: forms that change no arithmetic (cast chains) are not
+    counted = True
+
+    def __init__(self, name: str):
+        # remove_nodes=False: an intermediate (mean, variance...) also used elsewhere keeps its
+        # producer; whatever nothing uses any more is removed after the pass.
+        super().__init__(name, remove_nodes=False)
+
+    def reason(self, context, **bindings) -> str | None:  # pragma: no cover - overridden
+        return None
+
+    def check(self, context, **bindings) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        why = self.reason(context, **bindings)
+        if why:
+            quiet = why.startswith("~")  # a "~" reason is a near-miss not worth reporting
+            why = why.lstrip("~")
+            if self.report and not quiet:
+                ctx().reject(self.name, _graph_order(context), why)
+            return result.fail(why)
+        c = ctx()
+        if not self.counted:
+            return result
+        if not c.may_apply():
+            return result.fail("rewrite limit reached (bisection)")
+        c.applied.append(Applied(self.name, [node_label(n) for n in _graph_order(context)]))
+        return result
+
+
+def _graph_order(context):
+    nodes = set(context.nodes)
+    order = {n: i for i, n in enumerate(context.graph_or_function)} if len(nodes) > 1 else {}
+    return sorted(nodes, key=lambda n: order.get(n, 0))
