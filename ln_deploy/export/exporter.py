@@ -92,6 +92,17 @@ def export_model(spec, output, *, checkpoint=None, opset: int | None = None, rnn
     legacy if dynamo fails, as it does on some Hugging Face models).
     """
     out = check_output_path(output)
+    try:
+        return _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol)
+    except BaseException:
+        # A failed export leaves nothing at the output path: no partial file, and no stale one from an
+        # earlier run that could pass for this run's result.
+        if out.is_file():
+            out.unlink()
+        raise
+
+
+def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol):
     if opset is not None and opset < MIN_OPSET:
         raise BadInputError(f"opset {opset} is below {MIN_OPSET}, the first with LayerNormalization")
     if exporter not in ("auto", "dynamo", "legacy"):
