@@ -1,0 +1,39 @@
+"""Serve ONNX models over the KServe v2 HTTP protocol (Triton's), on ONNX Runtime with dynamic batching.
+
+MODEL is one .onnx file or a Triton model repository written by `ln-deploy package`.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL.onnx|REPO_DIR", help="an ONNX model or a model repository")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--name", default=None, help="model name for a single .onnx file (default: the file's stem)")
+    p.add_argument("--max-batch-size", type=int, default=None, metavar="N",
+                   help="largest batch formed across requests, and largest batch one request may carry "
+                        "(default: the repository config's, or 8 when the model's first axis is dynamic)")
+    p.add_argument("--max-queue", type=int, default=128, metavar="N",
+                   help="requests waiting per model before new ones get 503 (default 128)")
+    p.add_argument("--max-body-bytes", type=int, default=64 << 20, metavar="N",
+                   help="largest request body; larger ones get 413 (default 64 MiB)")
+    p.add_argument("--batch-window-ms", type=float, default=None, metavar="T",
+                   help="how long the oldest request may wait for others to fill a batch while a model "
+                        "instance is idle (default: the config's max_queue_delay, or 1 ms)")
+    p.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="concurrent ONNX Runtime runs per model (default 1)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="ONNX Runtime provider: cuda when available under auto (default)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+
+
+def run(args) -> int:
+    from .server import ServeOptions, serve
+
+    opts = ServeOptions(host=args.host, port=args.port, name=args.name, max_batch_size=args.max_batch_size,
+                        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+                        batch_window_ms=args.batch_window_ms, instances=args.instances, device=args.device,
+                        intra_op_threads=args.threads)
+    return serve(args.model, opts)

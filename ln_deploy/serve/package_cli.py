@@ -1,0 +1,38 @@
+"""Write a Triton model repository entry for an ONNX model or a TensorRT engine, validated.
+
+Names, data types and dims come from the model (an engine's from its JSON sidecar, ENGINE.plan.json).
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL.onnx|ENGINE.plan", help="the ONNX model or TensorRT engine to package")
+    p.add_argument("--repo", required=True, metavar="DIR", help="the model repository (created if missing)")
+    p.add_argument("--name", required=True, help="the model's name in the repository and in request URLs")
+    p.add_argument("--max-batch-size", type=int, default=None, metavar="N",
+                   help="Triton max_batch_size (default: 8 when the model's first axis is dynamic, else 0)")
+    p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")
+    p.add_argument("--kind", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="instance kind (default: gpu for engines, Triton's choice for ONNX)")
+    p.add_argument("--plugin", metavar="LIB.so", default=None,
+                   help="ln_deploy's TensorRT plugin library the engine needs; copied into the repository")
+    p.add_argument("--batch-window-us", type=int, default=500, metavar="US",
+                   help="dynamic batching max_queue_delay_microseconds (default 500)")
+    p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
+    p.add_argument("--model-root", default="/models",
+                   help="where the repository is mounted in the server container (default /models)")
+    p.add_argument("--force", action="store_true", help="replace an existing model of that name")
+
+
+def run(args) -> int:
+    from ..progress import step
+    from .repository import package_model
+
+    with step(f"packaging {args.model} as {args.name!r}"):
+        result = package_model(
+            args.model, args.repo, args.name, max_batch_size=args.max_batch_size, instances=args.instances,
+            kind=args.kind, plugin=args.plugin, batch_window_us=args.batch_window_us, version=args.version,
+            model_root=args.model_root, force=args.force)
+    print(result.summary())
+    return 0

@@ -1,0 +1,108 @@
+"""ONNX Runtime sessions for serving: which model, which providers, what it takes and returns."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BadInputError, MissingDependencyError
+from .signature import Signature, numpy_dtype, onnx_signature
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(Exception):
+    """ONNX Runtime refused a request's tensors (``client_error``) or failed on its own."""
+
+    def __init__(self, message: str, client_error: bool):
+        super().__init__(message)
+        self.client_error = client_error
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """CUDA when asked for or present (``auto``), always with the CPU provider as fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise MissingDependencyError("ONNX Runtime's CUDA execution provider",
+                                         "pip install 'ln_deploy[gpu]' on a machine with an NVIDIA GPU")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device != "auto":
+        raise BadInputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return (["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available
+            else ["CPUExecutionProvider"])
+
+
+@dataclass
+class ServedModel:
+    """One model behind the server: its session, signature and batching limit."""
+
+    name: str
+    version: str
+    path: Path
+    session: object  # onnxruntime.InferenceSession
+    signature: Signature
+    max_batch_size: int  # 0 = requests run one by one, no batch axis required
+    batch_window_s: float
+    providers: list[str]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.signature.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.signature.outputs]
+
+    def run(self, feeds: dict) -> dict:
+        """One ONNX Runtime call; releases the GIL while it computes."""
+        try:
+            results = self.session.run(self.output_names, feeds)
+        except Exception as e:  # noqa: BLE001 - classified below
+            name = type(e).__name__
+            msg = str(e).strip().splitlines()[0][:500] if str(e).strip() else name
+            raise InferenceError(msg, client_error=name in ("InvalidArgument", "Fail", "InvalidGraph")) from None
+        return dict(zip(self.output_names, results))
+
+
+def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int | None = None,
+                      batch_window_s: float = 0.001, device: str = "auto", version: str = "1",
+                      intra_op_threads: int = 0) -> ServedModel:
+    """Open ``path`` in ONNX Runtime. ``max_batch_size`` None: 8 when the model can batch, else 0."""
+    import onnxruntime as ort
+
+    from ..fileio import load_onnx
+
+    path = Path(path)
+    model = load_onnx(path)  # untrusted file: checker and external-data path checks first
+    sig = onnx_signature(model)
+    for t in (*sig.inputs, *sig.outputs):
+        if numpy_dtype(t.datatype) is None:
+            raise BadInputError(f"{path}: tensor {t.name!r} is {t.datatype}, which `ln-deploy serve` cannot "
+                                "carry (NumPy has no such type); serve it with Triton")
+    reason = sig.not_batchable_reason()
+    if max_batch_size is None:
+        max_batch_size = 0 if reason else 8
+    elif max_batch_size > 0 and reason:
+        raise BadInputError(f"{path}: cannot batch requests ({reason}); use --max-batch-size 0")
+    if max_batch_size < 0:
+        raise BadInputError(f"--max-batch-size must be >= 0, got {max_batch_size}")
+    providers = choose_providers(device)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - e.g. custom ops ORT does not know
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"ONNX Runtime cannot open {path}: {first}") from None
+    del model
+    return ServedModel(name, version, path, session, sig, max_batch_size, batch_window_s,
+                       list(session.get_providers()))

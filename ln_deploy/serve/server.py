@@ -1,0 +1,178 @@
+"""``serve``: ONNX models behind the KServe v2 HTTP protocol on uvicorn, with dynamic batching.
+
+The source is one ``.onnx`` file or a Triton model repository written by ``ln-deploy package``
+(its ONNX models are served with their configs' ``max_batch_size`` and batching window; TensorRT
+engines in it are skipped with a warning, Triton serves those).
+
+SIGTERM (or Ctrl-C) stops the server cleanly: uvicorn stops accepting connections, lets in-flight
+requests finish (up to ``graceful_timeout_s``), then the batchers drain and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BadInputError
+from ..progress import info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    name: str | None = None  # for a single .onnx file; default: the file's stem
+    max_batch_size: int | None = None  # None: the repository config's, or 8 when the model can batch
+    max_queue: int = 128
+    max_body_bytes: int = 64 << 20
+    batch_window_ms: float | None = None  # None: the config's max_queue_delay, or 1 ms
+    instances: int = 1
+    device: str = "auto"
+    intra_op_threads: int = 0
+    graceful_timeout_s: int = 30
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise BadInputError(f"--port must be 0..65535, got {self.port}")
+        if self.max_queue < 1:
+            raise BadInputError(f"--max-queue must be >= 1, got {self.max_queue}")
+        if self.max_body_bytes < 1024:
+            raise BadInputError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.batch_window_ms is not None and not 0 <= self.batch_window_ms <= 10_000:
+            raise BadInputError(f"--batch-window-ms must be 0..10000, got {self.batch_window_ms}")
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            raise BadInputError(f"--max-batch-size must be >= 0, got {self.max_batch_size}")
+        if self.instances < 1:
+            raise BadInputError(f"--instances must be >= 1, got {self.instances}")
+
+
+def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
+    """The ``ServedModel``s for an ``.onnx`` file or a Triton repository folder."""
+    from .runtime import load_served_model
+
+    src = Path(source)
+    window_default = 0.001 if opts.batch_window_ms is None else opts.batch_window_ms / 1000
+    if src.is_file():
+        if src.suffix.lower() != ".onnx":
+            raise BadInputError(f"{src}: `ln-deploy serve` runs ONNX models (.onnx) or a model repository folder")
+        name = opts.name or re.sub(r"[^A-Za-z0-9_.-]", "_", src.stem)
+        from .repository import check_model_name
+
+        check_model_name(name)
+        return [load_served_model(src, name, max_batch_size=opts.max_batch_size, batch_window_s=window_default,
+                                  device=opts.device, intra_op_threads=opts.intra_op_threads)]
+    if not src.exists():
+        raise BadInputError(f"no such file or folder: {src}")
+    if not src.is_dir():
+        raise BadInputError(f"{src} is neither a file nor a folder")
+    from ..errors import CheckFailedError
+    from .repository import ONNX_PLATFORM, read_model_config, validate_model_dir, version_dirs
+
+    if (src / "config.pbtxt").is_file():
+        raise BadInputError(f"{src} is a model folder; pass the repository that contains it ({src.parent})")
+    models = []
+    for model_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (model_dir / "config.pbtxt").is_file():
+            log.warning("skipping %s: no config.pbtxt", model_dir)
+            continue
+        config = read_model_config(model_dir / "config.pbtxt")
+        platform = config.platform or ("onnxruntime_onnx" if config.backend == "onnxruntime" else config.backend)
+        if platform != ONNX_PLATFORM:
+            info(f"[ln-deploy] skipping {model_dir.name}: platform {platform!r} is for Triton, not `ln-deploy serve`")
+            continue
+        try:
+            validate_model_dir(model_dir, ort_check=False)  # the session below opens it anyway
+        except CheckFailedError as e:
+            raise BadInputError(f"invalid model folder: {e}") from None
+        vdir = version_dirs(model_dir)[0]
+        mbs = opts.max_batch_size if opts.max_batch_size is not None else config.max_batch_size
+        window = window_default
+        if opts.batch_window_ms is None and config.HasField("dynamic_batching"):
+            window = config.dynamic_batching.max_queue_delay_microseconds / 1e6
+        models.append(load_served_model(vdir / (config.default_model_filename or "model.onnx"), config.name,
+                                        max_batch_size=mbs, batch_window_s=window, device=opts.device,
+                                        version=vdir.name, intra_op_threads=opts.intra_op_threads))
+    if not models:
+        raise BadInputError(f"{src}: no ONNX model to serve (expected <repo>/<name>/config.pbtxt with "
+                            "platform onnxruntime_onnx, as `ln-deploy package` writes)")
+    return models
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise BadInputError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown."""
+    from ..errors import require
+
+    opts = opts or ServeOptions()
+    opts.validate()
+    uvicorn = require("uvicorn", "serve")
+    require("starlette", "serve")
+    from .app import create_app
+
+    models = load_models(source, opts)
+    app = create_app(models, max_queue=opts.max_queue, max_body_bytes=opts.max_body_bytes,
+                     instances=opts.instances)
+    sock = bind_socket(opts.host, opts.port)
+    host, port = sock.getsockname()[:2]
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    config = uvicorn.Config(app, lifespan="on", log_level="debug" if debug else "warning", access_log=debug,
+                            timeout_graceful_shutdown=opts.graceful_timeout_s, server_header=False)
+    server = uvicorn.Server(config)
+    for m in models:
+        info(f"[ln-deploy] model {m.name!r} v{m.version}: {', '.join(t.describe() for t in m.signature.inputs)} "
+             f"-> {', '.join(t.describe() for t in m.signature.outputs)}; max_batch_size {m.max_batch_size}, "
+             f"window {m.batch_window_s * 1000:g} ms, {m.providers[0]}")
+    url_host = f"[{host}]" if ":" in host else host
+    # uvicorn installs its own handlers while it runs and re-raises the signal after a graceful
+    # shutdown; these recorders receive that re-raise so the process exits 0, not by the signal.
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda sig, frame: received.append(sig)) for s in (signal.SIGTERM, signal.SIGINT)}
+    _announce = _Announcer(server, f"[ln-deploy] serving {len(models)} model(s) on http://{url_host}:{port}")
+    try:
+        _announce.install()
+        server.run(sockets=[sock])
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        sock.close()
+    if received:
+        info(f"[ln-deploy] stopped on {signal.Signals(received[0]).name}: in-flight requests finished")
+    return 0
+
+
+class _Announcer:
+    """Prints the ready line once uvicorn has started (so a test or a script can wait for it)."""
+
+    def __init__(self, server, line: str):
+        self.server, self.line = server, line
+
+    def install(self) -> None:
+        original = self.server.startup
+
+        async def startup(*a, **kw):
+            await original(*a, **kw)
+            if self.server.started:
+                print(self.line, file=sys.stderr, flush=True)
+
+        self.server.startup = startup
