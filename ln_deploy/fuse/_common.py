@@ -52,9 +52,11 @@ class FuseContext:
     applied: list[Applied] = field(default_factory=list)
     _seen: set = field(default_factory=set)
 
-    def reject(self, rule: str, nodes, reason: str) -> None:
+    def reject(self, rule: str, nodes, reason: str, root=None) -> None:
         names = [node_label(n) for n in nodes]
-        key = (tuple(sorted(names)), reason)
+        # one entry per (anchor node, reason): the LayerNorm and RMSNorm families (and commuted
+        # variants of one rule) often see the same candidate and give the same reason
+        key = (node_label(root) if root is not None else tuple(sorted(names)), reason)
         if key not in self._seen:
             self._seen.add(key)
             self.rejections.append(Rejection(names, reason, rule))

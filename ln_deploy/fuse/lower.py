@@ -46,6 +46,9 @@ def lower(model: ir.Model, target: str) -> Counter:
             new_nodes.append(t)
             x_in = t.outputs[0]
             dims = [dims[p] for p in perm]
+            x_in.dtype = x.dtype
+            if x.shape is not None:
+                x_in.shape = ir.Shape([x.shape[p] for p in perm])
             axes = tuple(range(r - k, r))
         norm_dims = [dims[i] for i in axes]
         scale_arr = (np.ones(norm_dims, dtype=dtype.numpy()) if scale is None

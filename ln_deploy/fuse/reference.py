@@ -54,7 +54,6 @@ def expand_plugins(model: ir.Model) -> int:
         else:
             x = ins[0]
             scale, bias = ins[1], ins[2] if len(ins) > 2 else None
-        r = len(x.shape) if x.shape is not None else len(ins[0].shape)
         k = int(f["num_normalized_dims"])
         axes = list(range(-k, 0))
 
@@ -71,7 +70,7 @@ def expand_plugins(model: ir.Model) -> int:
             new.append(c)
             return c.outputs[0]
 
-        dtype = ins[0].dtype
+        dtype = scale.dtype or ins[0].dtype  # the scale is an initializer: its type is always known
         xf = add("Cast", [x], to=ir.DataType.FLOAT) if dtype != ir.DataType.FLOAT else x
         d = xf if int(f["kind"]) == KIND_RMS else add("Sub", [xf, mean(xf)])
         var = mean(add("Mul", [d, d]))
@@ -81,7 +80,6 @@ def expand_plugins(model: ir.Model) -> int:
         y = add("Mul", [y, scale])
         if bias is not None:
             y = add("Add", [y, bias])
-        del r
         graph.insert_before(node, new)
         replace_value(node.outputs[0], y)
         if skip and len(node.outputs) > 1:

@@ -36,7 +36,7 @@ class FusionRule(pattern.RewriteRuleClassBase):
             quiet = why.startswith("~")  # a "~" reason is a near-miss not worth reporting
             why = why.lstrip("~")
             if self.report and not quiet:
-                ctx().reject(self.name, _graph_order(context), why)
+                ctx().reject(self.name, _graph_order(context), why, root=context.root)
             return result.fail(why)
         c = ctx()
         if not self.counted:
