@@ -15,7 +15,6 @@ from .. import progress
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import check_output_path, save_onnx_atomic
 from ..spec import LoadedModel, is_recurrent, load_spec
-from . import rnn
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +288,8 @@ def _export_recurrent(loaded: LoadedModel, mode: str, opset, exporter):
     import numpy as np
     import onnx
     import torch
+
+    from . import rnn  # imports torch: only when a recurrent model is exported
 
     model = loaded.module
     x = loaded.example_inputs[0]
