@@ -1,0 +1,342 @@
+"""``check_model``: does the deployed model compute what the trained model computes, and if not, where
+does it first go wrong?
+
+Runners (Polygraphy's comparator): PyTorch fp32 (the reference, ``TorchRunner``), ONNX Runtime (CPU
+provider; CUDA provider when present), TensorRT (Polygraphy's runner, when an engine is given and
+TensorRT and a GPU are present; otherwise reported as skipped with the reason). Every deployed runtime is
+compared with the reference, never with another deployed runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+from .. import progress
+from ..errors import BadInputError
+from ..fileio import load_onnx
+from .inputs import (InputGenerator, cast_feed, check_report_dir, load_npz, onnx_output_names,
+                     validate_model_pair)
+from .invariance import (Backend, InvarianceResult, batch_independence, batch_statistics_modules,
+                         kernel_bitwise_invariance, padding_leak, sequence_independence, train_eval)
+from .report import CheckReport
+from .tolerances import PRECISIONS, compare_funcs, evaluate, make_profile
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "pytorch-fp32"
+
+
+def detect_precision(model) -> str:
+    """fp16/bf16 when most floating-point initializer elements are stored in that type, else fp32."""
+    counts = {"fp32": 0, "fp16": 0, "bf16": 0}
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        key = {1: "fp32", 10: "fp16", 16: "bf16"}.get(t.data_type)
+        if key:
+            counts[key] += n
+    return max(counts, key=counts.get) if any(counts.values()) else "fp32"
+
+
+class _Timer:
+    def __init__(self):
+        self.t: dict = {}
+
+    def add(self, runner, phase, seconds):
+        self.t.setdefault(runner, {}).setdefault(phase, 0.0)
+        self.t[runner][phase] += seconds
+
+    def run(self, runner, phase, fn, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.add(runner, phase, time.perf_counter() - t0)
+
+    def rounded(self):
+        return {r: {p: round(s, 3) for p, s in ph.items()} for r, ph in self.t.items()}
+
+
+def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), precision="auto", report_dir=None,
+                inputs=None, seed=0, tolerances=None, localise=True, invariance=True, batch_size=4,
+                threads=None, plots=True, torch_device="cpu") -> CheckReport:
+    """Check an exported model against its PyTorch original.
+
+    Args:
+        spec: a SPEC string (``path/file.py:NAME``) or a ``LoadedModel``.
+        onnx_path: the deployed ONNX model (exported, fused and/or converted).
+        engine: a TensorRT engine built from it (run only where TensorRT and a GPU are present).
+        plugins: plugin libraries to load before deserializing the engine.
+        precision: the deployed precision ("fp32", "fp16", "bf16"), or "auto" to read it from the
+            model's initializers. Selects the tolerance profile.
+        report_dir: where to write report.json, report.md, error plots and run_results.json.
+        inputs: None (the example inputs and one seeded random batch), "example", "random", or the path
+            of a .npz of real inputs (one array per input name, or ``NAME__i`` for several feeds).
+        tolerances: ``{"atol": 1e-3 | {"": 1e-3, "output_1": 1e-2}, "rtol": ...}`` overrides.
+        localise: record every normalization's output and report the first that diverges.
+        invariance: run the train/eval, batch, sequence and padding invariance checks.
+        batch_size: batch used by the batch-independence check.
+
+    Returns a ``CheckReport``; ``report.passed`` is the verdict (the CLI turns False into exit 1).
+    Raises ``BadInputError`` for unusable input (mismatched SPEC/ONNX, unreadable files, bad options).
+    """
+    t_start = time.perf_counter()
+    if precision not in PRECISIONS + ("auto",):
+        raise BadInputError(f"precision must be auto, {', '.join(PRECISIONS)}; not {precision!r}")
+    if batch_size < 2:
+        raise BadInputError("batch_size must be at least 2 (a sample must have neighbours)")
+    report_path = check_report_dir(report_dir)
+    timer = _Timer()
+
+    from polygraphy.logger import G_LOGGER
+
+    old_severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR + 10  # ln_deploy reports; Polygraphy's own log stays quiet
+    try:
+        with progress.step("loading the PyTorch model and the ONNX model"):
+            from ..spec import LoadedModel, load_spec
+
+            loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, checkpoint)
+            model = load_onnx(onnx_path)
+            onnx_ins = validate_model_pair(loaded, model, onnx_path)
+        if precision == "auto":
+            precision = detect_precision(model)
+        profile = make_profile(precision, tolerances)
+        out_names = onnx_output_names(model)
+        report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
+                             engine=str(engine) if engine else None, tolerances=profile.to_json())
+
+        gen = InputGenerator(loaded, seed)
+        feeds, source = _feeds(inputs, gen, loaded, onnx_ins)
+        report.inputs = {"source": source, "feeds": len(feeds), "seed": seed,
+                         "shapes": {k: list(v.shape) for k, v in feeds[0].items()}}
+
+        runners, backends_info = _make_runners(loaded, model, out_names, engine, plugins, report, timer,
+                                               threads, torch_device)
+        from polygraphy.comparator import Comparator, RunResults
+
+        results = RunResults()
+        for runner in runners:
+            with progress.step(f"running {runner.name} on {len(feeds)} feed(s)"):
+                rr = timer.run(runner.name, "compare", Comparator.run, [runner], data_loader=feeds)
+            for name, iters in rr.items():
+                results.append((name, iters))
+        _compare(results, runners, profile, out_names, report)
+
+        ref_runner = runners[0]
+        deployed = runners[1:]
+        if localise:
+            with progress.step("localising: comparing every normalization's output"):
+                _localise(loaded, model, ref_runner, deployed, feeds[0], profile, report, timer, threads)
+        if invariance:
+            with progress.step("invariance checks (train/eval, batch, sequence, padding)"):
+                _invariance(loaded, ref_runner, deployed, backends_info, gen, profile, report, timer, batch_size)
+
+        report.failures += [f"{c['runner']}: output {o!r} differs from PyTorch fp32 beyond tolerance "
+                            f"(max abs {c['outputs'][o]['stats'].get('max_abs', float('nan')):.3g})"
+                            for c in report.comparisons for o in c["outputs"] if not c["outputs"][o]["passed"]]
+        if report.first_divergence:
+            fd = report.first_divergence
+            report.failures.append(f"{fd['runner']}: first diverging normalization is {fd['module_path']} "
+                                   f"({fd['module_class']}), max abs error {fd['stats'].get('max_abs', 0):.3g}")
+        report.failures += [f"{r['check']} FAILED on {r['runtime']}: {r['message']}"
+                            for r in report.invariance if r["status"] == "failed"]
+        report.passed = not report.failures
+        report.timings = timer.rounded()
+        report.total_seconds = time.perf_counter() - t_start
+        if report_path is not None:
+            with progress.step(f"writing the report to {report_path}"):
+                report.write(report_path, results, plots=plots)
+        return report
+    finally:
+        G_LOGGER.module_severity = old_severity
+
+
+def _feeds(inputs, gen, loaded, onnx_ins):
+    if inputs is None:
+        return [gen.example_feed(), gen.feed()], "example inputs + seeded random"
+    if inputs == "example":
+        return [gen.example_feed()], "example inputs"
+    if inputs == "random":
+        return [gen.feed()], "seeded random"
+    feeds = load_npz(inputs, onnx_ins)
+    return [cast_feed(f, loaded) for f in feeds], f"file {inputs}"
+
+
+def _make_runners(loaded, model, out_names, engine, plugins, report, timer, threads, torch_device):
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    from .inputs import onnx_inputs
+    from .runners import (TorchRunner, make_onnxrt_session, make_trt_runner, onnxrt_providers,
+                          tensorrt_unavailable_reason)
+
+    runners = [TorchRunner(loaded, output_names=out_names, name=REFERENCE, device=torch_device)]
+    report.runners.append({"name": REFERENCE, "role": "reference", "status": "ran", "device": torch_device})
+    ins = onnx_inputs(model)
+    info = {}
+    model_bytes = model.SerializeToString()
+    for name, provider in onnxrt_providers():
+        with progress.step(f"creating the ONNX Runtime session ({provider})"):
+            sess = timer.run(name, "session", make_onnxrt_session, model_bytes, provider, threads)
+        runners.append(OnnxrtRunner(sess, name=name))
+        report.runners.append({"name": name, "role": "deployed", "status": "ran", "provider": provider})
+        info[name] = {"inputs": ins, "require_bitwise": False}
+    reason = tensorrt_unavailable_reason(engine)
+    if reason is None:
+        runners.append(make_trt_runner(engine, plugins))
+        report.runners.append({"name": "tensorrt", "role": "deployed", "status": "ran", "engine": str(engine)})
+        info["tensorrt"] = {"inputs": ins, "require_bitwise": True}
+    else:
+        report.runners.append({"name": "tensorrt", "role": "deployed", "status": "skipped", "reason": reason})
+        if engine is not None:
+            report.notes.append(f"TensorRT engine {engine} was not run: {reason}")
+    return runners, info
+
+
+def _compare(results, runners, profile, out_names, report):
+    """Polygraphy's verdicts (one compare function per statistic), with ln_deploy's error statistics."""
+    from polygraphy.comparator import Comparator
+
+    funcs = compare_funcs(profile, out_names)
+    pairs = [(i, 0) for i in range(1, len(runners))]
+    if not pairs:
+        return
+    acc = Comparator.compare_accuracy(results, compare_func=funcs, comparisons=pairs)
+    ref_iters = results[runners[0].name]
+    for i, _ in pairs:
+        name = runners[i].name
+        comp = {"runner": name, "reference": runners[0].name, "passed": True, "outputs": OrderedDict()}
+        iters = results[name]
+        for out in out_names:
+            verdicts_by_check = []
+            for k, fn_result in enumerate(acc):
+                per_iter = fn_result[(name, runners[0].name)]
+                ok = all(bool(it[out]) if out in it else False for it in per_iter)
+                c = profile.checks_for(out)[k]
+                verdicts_by_check.append({"stat": c.label, "atol": c.atol, "rtol": c.rtol, "passed": ok})
+            worst_stats, worst_err = None, None
+            for it_dep, it_ref in zip(iters, ref_iters):
+                if out not in it_dep or out not in it_ref:
+                    continue
+                _, stats, _ = evaluate(it_dep[out], it_ref[out], profile, out)
+                if worst_stats is None or stats.get("max_abs", float("inf")) >= worst_stats.get("max_abs", -1):
+                    worst_stats = stats
+                import numpy as np
+
+                a = np.asarray(it_dep[out], dtype=np.float64)
+                b = np.asarray(it_ref[out], dtype=np.float64)
+                if a.shape == b.shape:
+                    e = np.abs(a - b).ravel()
+                    worst_err = e if worst_err is None else np.concatenate([worst_err, e])
+            passed = all(v["passed"] for v in verdicts_by_check) and worst_stats is not None
+            comp["outputs"][out] = {"passed": passed, "stats": worst_stats or {"missing": True},
+                                    "checks": verdicts_by_check, "iterations": len(iters)}
+            comp["passed"] &= passed
+            if worst_err is not None:
+                report._errors.setdefault(out, {})[name] = worst_err
+        report.comparisons.append(comp)
+
+
+def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer, threads):
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    from .localise import NormRecorder, find_norm_calls, norm_modules, with_extra_outputs
+    from .runners import make_onnxrt_session
+
+    paths = list(norm_modules(loaded.module))
+    if not paths:
+        report.notes.append("localisation: the PyTorch model has no normalization module")
+        return
+    with ref_runner:
+        with NormRecorder(ref_runner.module) as rec:
+            timer.run(ref_runner.name, "localise", ref_runner.infer, feed, check_inputs=False)
+    calls, notes = find_norm_calls(model, paths)
+    by_key = {c.key: c for c in calls}
+    order = [k for k in rec.outputs if k in by_key]  # PyTorch finishing order
+    unmatched = [k for k in rec.outputs if k not in by_key]
+    if unmatched and not notes:
+        notes.append(f"{len(unmatched)} normalization call(s) not found in the ONNX graph "
+                     f"(e.g. {', '.join(unmatched[:3])})")
+    if not order:
+        for r in deployed:
+            report.localisation[r.name] = {"norms": [], "notes": notes}
+        return
+    marked = with_extra_outputs(model, [by_key[k].value for k in order])
+    marked_bytes = marked.SerializeToString()
+    for runner in deployed:
+        if not runner.name.startswith("onnxrt"):
+            report.localisation[runner.name] = {
+                "norms": [], "notes": ["not localised: marking extra outputs changes TensorRT's layer fusion, "
+                                       "so the ONNX Runtime localisation stands for the graph"]}
+            continue
+        provider = "CUDAExecutionProvider" if runner.name.endswith("cuda") else "CPUExecutionProvider"
+        sess = timer.run(runner.name, "localise", make_onnxrt_session, marked_bytes, provider, threads)
+        with OnnxrtRunner(sess, name=runner.name + "-marked") as r:
+            outs = timer.run(runner.name, "localise", r.infer, feed)
+        norms = []
+        for key in order:
+            call = by_key[key]
+            ref = rec.outputs[key]
+            got = outs[call.value]
+            if got.shape != ref.shape and got.size == ref.size:
+                got = got.reshape(ref.shape)
+            passed, stats, checks = evaluate(got, ref, profile, "norm")
+            norms.append({"key": key, "module_path": call.path, "call": int(key.partition("#")[2] or 0),
+                          "module_class": rec.classes.get(call.path, "?"), "onnx_value": call.value,
+                          "onnx_ops": call.op_types, "passed": passed, "stats": stats, "checks": checks})
+        report.localisation[runner.name] = {"norms": norms, "notes": notes}
+        first = next((n for n in norms if not n["passed"]), None)
+        if first is not None and report.first_divergence is None:
+            report.first_divergence = {"runner": runner.name, **{k: first[k] for k in (
+                "module_path", "call", "module_class", "onnx_value", "stats", "checks")}}
+
+
+def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer, batch_size):
+    import numpy as np
+
+    from .localise import norm_modules
+
+    results: list[InvarianceResult] = []
+    atol, rtol = profile.invariance_atol, profile.invariance_rtol
+    ref_atol, ref_rtol = 1e-5, 1e-4  # the reference is fp32 whatever the deployed precision
+    seq_model = bool(getattr(loaded.module, "causal", False)) or loaded.is_recurrent
+    mask_name = getattr(loaded.module, "padding_mask_input", None)
+    seq_inputs = {n for n in loaded.input_names if gen.has_seq_axis(n)}
+    batch_feed = gen.feed(batch=batch_size)
+    seq_feed = gen.feed(batch=2)
+    pad_feed = gen.feed(batch=batch_size, padded=True) if mask_name else None
+    batch_stats = batch_statistics_modules(loaded.module)
+
+    def run_all(backend, a, r):
+        name = backend.name
+        results.extend(timer.run(name, "invariance", batch_independence, backend, batch_feed, a, r, batch_stats))
+        if seq_model and seq_inputs:
+            results.append(timer.run(name, "invariance", sequence_independence, backend, seq_feed, seq_inputs, a, r))
+        if mask_name:
+            rng = np.random.default_rng(12345)
+            results.append(timer.run(name, "invariance", padding_leak, backend, pad_feed, mask_name, seq_inputs,
+                                     rng, a, r))
+
+    with ref_runner:
+        results.append(timer.run(ref_runner.name, "invariance", train_eval, ref_runner, batch_feed, ref_atol, ref_rtol))
+        run_all(Backend(ref_runner.name, ref_runner, is_torch=True), ref_atol, ref_rtol)
+    for runner in deployed:
+        ins = info[runner.name]["inputs"]
+        dtypes = {i.name: np.dtype(i.dtype) for i in ins if i.dtype in ("float16", "float32", "float64")}
+        backend = Backend(runner.name, runner, dynamic_batch=not ins[0].is_static(0),
+                          dynamic_seq=not (ins[0].rank >= 2 and ins[0].is_static(1)), input_dtypes=dtypes,
+                          require_bitwise=info[runner.name]["require_bitwise"])
+        with runner:
+            run_all(backend, atol, rtol)
+    shapes = set()
+    for path, m in norm_modules(loaded.module).items():
+        cls = type(m).__name__
+        shape = getattr(m, "normalized_shape", None) or ([m.weight.shape[0]] if getattr(m, "weight", None) is not None
+                                                           else None)
+        if shape and ("RMS" in cls or "LayerNorm" in cls):
+            shapes.add(("rms_norm" if "RMS" in cls else "layer_norm", int(shape[-1])))
+    results += kernel_bitwise_invariance(shapes)
+    report.invariance = [r.to_json() for r in results]

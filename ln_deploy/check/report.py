@@ -1,0 +1,247 @@
+"""The result of a check: ``CheckReport`` (JSON, Markdown with error-distribution plots, a console table
+and a one-line summary)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.2e}" if (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.4g}"
+    return str(v)
+
+
+@dataclass
+class CheckReport:
+    spec: str
+    onnx_path: str
+    precision: str
+    passed: bool = False
+    engine: str | None = None
+    tolerances: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    runners: list = field(default_factory=list)  # {name, role, status, reason?, seconds}
+    comparisons: list = field(default_factory=list)  # {runner, reference, passed, outputs: {name: {...}}}
+    first_divergence: dict | None = None
+    localisation: dict = field(default_factory=dict)  # {runner: {"norms": [...], "notes": [...]}}
+    invariance: list = field(default_factory=list)  # InvarianceResult.to_json()
+    failures: list = field(default_factory=list)  # one line each
+    notes: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # runner -> phase -> seconds
+    total_seconds: float = 0.0
+    # Raw arrays for plots (not serialized): {output: {runner: abs-error array}}
+    _errors: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ machine-readable
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "spec": self.spec,
+            "onnx": self.onnx_path,
+            "engine": self.engine,
+            "precision": self.precision,
+            "reference": "pytorch-fp32",
+            "tolerances": self.tolerances,
+            "inputs": self.inputs,
+            "runners": self.runners,
+            "comparisons": self.comparisons,
+            "first_divergence": self.first_divergence,
+            "localisation": self.localisation,
+            "invariance": self.invariance,
+            "failures": self.failures,
+            "notes": self.notes,
+            "timings_s": self.timings,
+            "total_s": round(self.total_seconds, 3),
+        }
+
+    # ------------------------------------------------------------------ human-readable
+    def summary_line(self) -> str:
+        """One line: verdict, worst error per deployed runtime, invariance tally, what was skipped."""
+        name = Path(self.spec.rpartition(":")[2] or self.spec).name
+        parts = [f"{name}: {'PASS' if self.passed else 'FAIL'} ({self.precision})"]
+        for comp in self.comparisons:
+            worst = max((o["stats"].get("max_abs", float("nan")) for o in comp["outputs"].values()), default=0.0)
+            parts.append(f"{comp['runner']} max|err| {_fmt(worst)}")
+        inv = [r for r in self.invariance if r["status"] != "skipped"]
+        if inv:
+            ok = sum(r["status"] == "passed" for r in inv)
+            parts.append(f"invariance {ok}/{len(inv)}")
+        for r in self.runners:
+            if r["status"] == "skipped":
+                parts.append(f"{r['name']} skipped ({r['reason']})")
+        if self.first_divergence:
+            fd = self.first_divergence
+            parts.append(f"first divergence: {fd['module_path']} on {fd['runner']}")
+        elif self.failures:
+            parts.append(self.failures[0])
+        return " | ".join(parts)
+
+    def console_table(self) -> str:
+        rows = [("runtime", "output", "max|err|", "p99|err|", "max rel", "tolerance", "result")]
+        for comp in self.comparisons:
+            for out, o in comp["outputs"].items():
+                s = o["stats"]
+                tol = "; ".join(f"{c['stat']} a{_fmt(c['atol'])} r{_fmt(c['rtol'])}" for c in o["checks"])
+                rows.append((comp["runner"], out, _fmt(s.get("max_abs")), _fmt(s.get("p99_abs")),
+                             _fmt(s.get("max_rel")), tol, "pass" if o["passed"] else "FAIL"))
+        for r in self.runners:
+            if r["status"] == "skipped":
+                rows.append((r["name"], "-", "-", "-", "-", "-", f"skipped: {r['reason']}"))
+        lines = _table(rows)
+        inv_rows = [("invariance", "runtime", "result", "detail")]
+        for r in self.invariance:
+            inv_rows.append((r["check"], r["runtime"], r["status"].upper() if r["status"] == "failed" else r["status"],
+                             r["message"][:110]))
+        lines += [""] + _table(inv_rows)
+        if self.first_divergence:
+            fd = self.first_divergence
+            lines += ["", f"first divergence ({fd['runner']}): {fd['module_path']} [{fd['module_class']}] "
+                          f"max|err| {_fmt(fd['stats'].get('max_abs'))}, p99 {_fmt(fd['stats'].get('p99_abs'))}"]
+        lines += ["", ("PASSED" if self.passed else "FAILED") + f"  ({self.total_seconds:.1f} s)"]
+        for f in self.failures:
+            lines.append(f"  - {f}")
+        return "\n".join(lines)
+
+    def to_markdown(self, plots: dict | None = None) -> str:
+        md = [f"# ln-deploy check: {'PASSED' if self.passed else 'FAILED'}", "",
+              f"- model: `{self.spec}`", f"- ONNX: `{self.onnx_path}`"]
+        if self.engine:
+            md.append(f"- engine: `{self.engine}`")
+        md += [f"- deployed precision: {self.precision}; reference: PyTorch fp32",
+               f"- inputs: {self.inputs.get('source')} ({self.inputs.get('feeds')} feed(s), seed {self.inputs.get('seed')})",
+               f"- total time: {self.total_seconds:.1f} s", ""]
+        if self.failures:
+            md += ["## Failures", ""] + [f"- {f}" for f in self.failures] + [""]
+        md += ["## Runners", "", "| runner | role | status | time (s) |", "|---|---|---|---|"]
+        for r in self.runners:
+            status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
+            md.append(f"| {r['name']} | {r['role']} | {status} | {sum(self.timings.get(r['name'], {}).values()):.2f} |")
+        md += ["", "## Output parity (against PyTorch fp32)", "",
+               "| runtime | output | max abs | p99 abs | mean abs | max rel | checks | result |",
+               "|---|---|---|---|---|---|---|---|"]
+        for comp in self.comparisons:
+            for out, o in comp["outputs"].items():
+                s = o["stats"]
+                checks = ", ".join(f"{c['stat']} (atol {_fmt(c['atol'])}, rtol {_fmt(c['rtol'])})" for c in o["checks"])
+                md.append(f"| {comp['runner']} | {out} | {_fmt(s.get('max_abs'))} | {_fmt(s.get('p99_abs'))} | "
+                          f"{_fmt(s.get('mean_abs'))} | {_fmt(s.get('max_rel'))} | {checks} | "
+                          f"{'pass' if o['passed'] else '**FAIL**'} |")
+        if plots:
+            md += ["", "### Error distributions", ""]
+            for out, fname in plots.items():
+                md.append(f"![{out}]({fname})")
+        md += ["", "## Localisation (normalization outputs)", ""]
+        if self.first_divergence:
+            fd = self.first_divergence
+            md.append(f"**First divergence** on {fd['runner']}: `{fd['module_path']}` ({fd['module_class']}), "
+                      f"call {fd['call']}, ONNX value `{fd['onnx_value']}` — max abs {_fmt(fd['stats'].get('max_abs'))}, "
+                      f"p99 abs {_fmt(fd['stats'].get('p99_abs'))}, max rel {_fmt(fd['stats'].get('max_rel'))}.")
+        else:
+            md.append("No normalization diverges beyond tolerance.")
+        for runner, loc in self.localisation.items():
+            md += ["", f"### {runner}", "", "| # | module | class | ONNX ops | max abs | result |", "|---|---|---|---|---|---|"]
+            for i, n in enumerate(loc.get("norms", [])):
+                md.append(f"| {i} | `{n['key']}` | {n['module_class']} | {', '.join(n['onnx_ops'])} | "
+                          f"{_fmt(n['stats'].get('max_abs'))} | {'pass' if n['passed'] else '**FAIL**'} |")
+            for note in loc.get("notes", []):
+                md.append(f"\n- note: {note}")
+        md += ["", "## Invariance", "", "| check | runtime | result | detail |", "|---|---|---|---|"]
+        for r in self.invariance:
+            md.append(f"| {r['check']} | {r['runtime']} | {r['status']} | {r['message']} |")
+        if self.notes:
+            md += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(md) + "\n"
+
+    # ------------------------------------------------------------------ files
+    def write(self, report_dir, run_results=None, plots: bool = True) -> Path:
+        """Write report.json, report.md, one PNG per output and Polygraphy's run_results.json.
+
+        Files are written to a temporary folder beside ``report_dir`` and moved in at the end, so a
+        failure leaves no partial report."""
+        target = Path(report_dir)
+        parent = target.parent if str(target.parent) else Path(".")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+        try:
+            plot_files = self._plots(tmp) if plots else {}
+            (tmp / "report.json").write_text(json.dumps(self.to_json(), indent=2, default=_json_default))
+            (tmp / "report.md").write_text(self.to_markdown(plot_files))
+            if run_results is not None:
+                run_results.save(str(tmp / "run_results.json"))
+            target.mkdir(exist_ok=True)
+            for f in tmp.iterdir():
+                os.replace(f, target / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _plots(self, folder: Path) -> dict:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            import numpy as np
+        except ImportError:
+            self.notes.append("matplotlib is not installed: no error plots (pip install 'ln_deploy[report]')")
+            return {}
+        files = {}
+        for out, per_runner in self._errors.items():
+            fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+            for runner, err in per_runner.items():
+                err = np.asarray(err, dtype=np.float64).ravel()
+                err = err[np.isfinite(err)]
+                floor = 1e-12
+                ax.hist(np.log10(np.maximum(err, floor)), bins=60, histtype="step", label=runner)
+            for comp in self.comparisons:
+                o = comp["outputs"].get(out)
+                if o:
+                    for c in o["checks"]:
+                        if c["atol"] > 0:
+                            ax.axvline(math.log10(c["atol"]), linestyle="--", linewidth=0.8, color="gray")
+                    break
+            ax.set_xlabel("log10 |output - PyTorch fp32|  (dashed: atol)")
+            ax.set_ylabel("elements")
+            ax.set_title(f"error distribution: {out}")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fname = "error_" + "".join(c if c.isalnum() or c in "._-" else "_" for c in out) + ".png"
+            fig.savefig(folder / fname)
+            plt.close(fig)
+            files[out] = fname
+        return files
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def _table(rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for j, r in enumerate(rows):
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out

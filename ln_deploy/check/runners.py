@@ -1,0 +1,231 @@
+"""Runners on Polygraphy's runner contract: ln_deploy's PyTorch runner, and the factories for
+ONNX Runtime and TensorRT runners that ``check_model`` uses.
+
+``TorchRunner`` follows Polygraphy's template: the public ``activate``/``infer``/``deactivate`` of
+``BaseRunner`` do the bookkeeping, this class only overrides the ``*_impl`` methods. Polygraphy's own
+``PytRunner`` hard-codes ``.cuda()`` and predates that contract, hence this one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections import OrderedDict
+
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from ..errors import BadInputError
+
+
+class LoadTorchModel:
+    """Loader (Polygraphy style: the constructor stores settings, calling it does the work) that
+    imports a SPEC and returns the ``LoadedModel`` in eval() mode."""
+
+    def __init__(self, spec: str, checkpoint=None):
+        self.spec = spec
+        self.checkpoint = checkpoint
+
+    def __call__(self):
+        from ..spec import load_spec
+
+        return load_spec(self.spec, self.checkpoint)
+
+
+def default_output_names(n: int) -> list[str]:
+    """The exporter's output naming: ``output`` for one output, ``output_0``, ``output_1``... for several."""
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def flatten_outputs(out) -> list:
+    """Tensors of a forward() result in order (nested tuples/lists/dicts flattened depth-first)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        flat = []
+        for o in out:
+            flat.extend(flatten_outputs(o))
+        return flat
+    return []
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+class TorchRunner(BaseRunner):
+    """Runs a PyTorch module on the CPU (or CUDA when asked and present) under ``torch.inference_mode``.
+
+    Args:
+        model: a ``LoadedModel`` (``ln_deploy.spec``), an ``nn.Module`` with ``example_inputs`` given,
+            or a callable returning either (e.g. ``LoadTorchModel(spec)``).
+        input_names: the feed names in forward()'s positional order (default: the LoadedModel's).
+        output_names: names for the flattened outputs (default: the exporter's ``output``/``output_i``).
+        example_inputs: tensors whose dtypes and shapes ``get_input_metadata`` reports.
+        device: "cpu" (default) or "cuda".
+        dtype: run the module in this floating dtype (reference runs are always float32).
+    """
+
+    def __init__(self, model, input_names=None, output_names=None, example_inputs=None, device="cpu",
+                 dtype=None, name=None):
+        super().__init__(name=name, prefix="torch-runner")
+        self._model = model
+        self._input_names = input_names
+        self._output_names = output_names
+        self._example_inputs = example_inputs
+        self.device = device
+        self._dtype = dtype
+
+    def activate_impl(self):
+        import torch
+
+        from ..spec import LoadedModel
+
+        model = self._model() if callable(self._model) and not isinstance(self._model, torch.nn.Module) else self._model
+        if isinstance(model, LoadedModel):
+            module, example, names = model.module, model.example_inputs, model.input_names
+        elif isinstance(model, torch.nn.Module):
+            module, example, names = model, self._example_inputs, self._input_names
+            if example is None:
+                example = getattr(model, "example_inputs", None)
+        else:
+            raise BadInputError(f"TorchRunner needs an nn.Module or a LoadedModel, not {type(model).__name__}")
+        if example is None:
+            raise BadInputError("TorchRunner needs example inputs to report input metadata")
+        if isinstance(example, torch.Tensor):
+            example = (example,)
+        self.example_inputs = tuple(example)
+        self.input_names = list(self._input_names or names or [f"input_{i}" for i in range(len(example))])
+        if len(self.input_names) != len(self.example_inputs):
+            raise BadInputError(f"TorchRunner: {len(self.input_names)} input names for "
+                                f"{len(self.example_inputs)} example inputs")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BadInputError("TorchRunner: device 'cuda' requested but torch sees no GPU")
+        self.module = module.to(self.device)
+        if self._dtype is not None:
+            self.module = self.module.to(self._dtype)
+        self.module.eval()
+        self.output_names = list(self._output_names) if self._output_names else None
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        for name, t in zip(self.input_names, self.example_inputs):
+            meta.add(name, dtype=t.dtype, shape=tuple(t.shape))
+        return meta
+
+    def to_args(self, feed_dict):
+        """forward()'s positional arguments from a feed dict (numpy arrays or tensors)."""
+        import numpy as np
+        import torch
+
+        missing = [n for n in self.input_names if n not in feed_dict]
+        if missing:
+            raise BadInputError(f"TorchRunner: feed is missing input(s) {missing}")
+        args = []
+        for name, ex in zip(self.input_names, self.example_inputs):
+            v = feed_dict[name]
+            t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            if t.dtype != ex.dtype and t.is_floating_point() and ex.is_floating_point():
+                t = t.to(ex.dtype)
+            if self._dtype is not None and t.is_floating_point():
+                t = t.to(self._dtype)
+            args.append(t.to(self.device))
+        return args
+
+    def forward(self, feed_dict):
+        """Run forward() and return the flattened output tensors (still torch, on the device)."""
+        import torch
+
+        args = self.to_args(feed_dict)
+        with torch.inference_mode():
+            return flatten_outputs(self.module(*args))
+
+    def infer_impl(self, feed_dict):
+        import torch
+
+        args = self.to_args(feed_dict)
+        sync = self.device == "cuda"
+        with torch.inference_mode():
+            if sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outs = flatten_outputs(self.module(*args))
+            if sync:
+                torch.cuda.synchronize()
+            self.inference_time = time.perf_counter() - start
+        names = self.output_names or default_output_names(len(outs))
+        if len(names) != len(outs):
+            raise BadInputError(f"the PyTorch model returned {len(outs)} tensor(s) but the ONNX model has "
+                                f"{len(names)} output(s) ({', '.join(names)})")
+        return OrderedDict((n, o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy())
+                           for n, o in zip(names, outs))
+
+    def deactivate_impl(self):
+        del self.module
+        del self.example_inputs
+        del self.input_names
+        del self.output_names
+
+
+def onnxrt_providers() -> list[tuple[str, str]]:
+    """(runner name, provider) pairs to run: the CPU provider always, CUDA when ORT has it."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    pairs = [("onnxrt-cpu", "CPUExecutionProvider")]
+    if "CUDAExecutionProvider" in available and cuda_available():
+        pairs.append(("onnxrt-cuda", "CUDAExecutionProvider"))
+    return pairs
+
+
+def make_onnxrt_session(model_bytes: bytes, provider: str, threads: int | None = None):
+    """An ONNX Runtime session (built now, so the same one serves the comparison and the invariance runs)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"ONNX Runtime ({provider}) cannot load the model: {first}") from None
+
+
+def tensorrt_unavailable_reason(engine) -> str | None:
+    """None when a TensorRT engine can be run here, else why not (the check reports TensorRT as skipped)."""
+    if engine is None:
+        return "no engine given (--engine ENGINE.plan)"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:  # the PyPI stub raises at import
+        return f"TensorRT cannot be imported ({type(e).__name__})"
+    if not cuda_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def make_trt_runner(engine_path, plugins=(), name="tensorrt"):
+    """Polygraphy's TensorRT runner over a serialized engine (plugin libraries loaded first)."""
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.backend.common import BytesFromPath
+
+    loader = EngineFromBytes(BytesFromPath(str(engine_path)))
+    if plugins:
+        from polygraphy.backend.trt import LoadPlugins
+
+        loader = LoadPlugins(plugins=list(plugins), obj=loader)
+    return TrtRunner(loader, name=name)
