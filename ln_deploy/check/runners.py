@@ -73,10 +73,12 @@ class TorchRunner(BaseRunner):
         example_inputs: tensors whose dtypes and shapes ``get_input_metadata`` reports.
         device: "cpu" (default) or "cuda".
         dtype: run the module in this floating dtype (reference runs are always float32).
+        dynamic_axes: ``{input: {axis: label}}`` reported as dynamic in the input metadata (e.g. the ONNX
+            model's ``batch``/``seq`` axes), so Polygraphy's data loader and shape checks treat them so.
     """
 
     def __init__(self, model, input_names=None, output_names=None, example_inputs=None, device="cpu",
-                 dtype=None, name=None):
+                 dtype=None, name=None, dynamic_axes=None):
         super().__init__(name=name, prefix="torch-runner")
         self._model = model
         self._input_names = input_names
@@ -84,6 +86,7 @@ class TorchRunner(BaseRunner):
         self._example_inputs = example_inputs
         self.device = device
         self._dtype = dtype
+        self._dynamic_axes = dynamic_axes or {}
 
     def activate_impl(self):
         import torch
@@ -119,7 +122,9 @@ class TorchRunner(BaseRunner):
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
         for name, t in zip(self.input_names, self.example_inputs):
-            meta.add(name, dtype=t.dtype, shape=tuple(t.shape))
+            axes = {int(k): v for k, v in self._dynamic_axes.get(name, {}).items()}
+            shape = tuple(axes.get(i, int(d)) for i, d in enumerate(t.shape))
+            meta.add(name, dtype=t.dtype, shape=shape)
         return meta
 
     def to_args(self, feed_dict):
