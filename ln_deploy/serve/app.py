@@ -155,23 +155,23 @@ def create_app(models: list[ServedModel], *, max_queue: int = 128, max_body_byte
         body, headers = encode_infer_response(m, req, results)
         return Response(body, status_code=200, headers=headers)
 
-    model_routes = []
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        model_routes += [
-            Route(prefix, metadata, methods=["GET"]),
-            Route(prefix + "/ready", model_ready, methods=["GET"]),
-            Route(prefix + "/config", config, methods=["GET"]),
-            Route(prefix + "/stats", stats, methods=["GET"]),
-            Route(prefix + "/infer", infer, methods=["POST"]),
-        ]
-    routes = [
+    # infer first: Starlette tries routes in order and infer is the hot path.
+    routes = [Route(prefix + "/infer", infer, methods=["POST"])
+              for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")]
+    routes += [
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/models/stats", stats, methods=["GET"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
-        *model_routes,
     ]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(prefix, metadata, methods=["GET"]),
+            Route(prefix + "/ready", model_ready, methods=["GET"]),
+            Route(prefix + "/config", config, methods=["GET"]),
+            Route(prefix + "/stats", stats, methods=["GET"]),
+        ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.ln_deploy = state
     return app

@@ -71,6 +71,20 @@ class ServedModel:
         return dict(zip(self.output_names, results))
 
 
+def session_options(intra_op_threads: int = 0):
+    """The ONNX Runtime session options the server uses (the benchmark's direct baseline uses them too)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # ORT's pool threads spin while waiting for work by default: right for a benchmark loop, wrong
+    # for a server, where the spinning steals the cores the event loop needs to parse requests.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    return opts
+
+
 def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int | None = None,
                       batch_window_s: float = 0.001, device: str = "auto", version: str = "1",
                       intra_op_threads: int = 0) -> ServedModel:
@@ -94,10 +108,7 @@ def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int
     if max_batch_size < 0:
         raise BadInputError(f"--max-batch-size must be >= 0, got {max_batch_size}")
     providers = choose_providers(device)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
+    opts = session_options(intra_op_threads)
     try:
         session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - e.g. custom ops ORT does not know
