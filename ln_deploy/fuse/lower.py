@@ -23,9 +23,16 @@ from .rules import channels_first
 
 
 def lower(model: ir.Model, target: str) -> Counter:
-    """Replace every internal node in ``model`` in place; return counts for the report."""
-    graph = model.graph
+    """Replace every internal node in ``model`` (and its subgraphs: Scan/Loop bodies) in place;
+    return counts for the report."""
     counts: Counter = Counter()
+    for graph in [model.graph, *model.graph.subgraphs()]:
+        _lower_graph(graph, target, counts)
+    model.graph.opset_imports.pop(INTERNAL_DOMAIN, None)
+    return counts
+
+
+def _lower_graph(graph: ir.Graph, target: str, counts: Counter) -> None:
     names = _NameMaker(graph)
     for node in list(graph):
         if not is_internal(node):
@@ -105,10 +112,8 @@ def lower(model: ir.Model, target: str) -> Counter:
         counts[KIND_NAMES[a["kind"]]] += 1
         if perm is not None:
             counts["channels_first"] += 1
-    graph.opset_imports.pop(INTERNAL_DOMAIN, None)
     if target == "tensorrt":
         graph.sort()  # a SkipNorm's sum output may now feed nodes placed before it
-    return counts
 
 
 def plugin_node(spec: plugin_spec.PluginDef, inputs, fields: dict, name: str, num_outputs: int = 1) -> ir.Node:
@@ -129,11 +134,26 @@ def _residual(x: ir.Value):
     a, b = add.inputs
     if const(a) is not None or const(b) is not None:
         return None  # adding a bias, not a residual
-    da, db, dx = static_dims(a), static_dims(b), static_dims(x)
-    if da is None or db is None or dx is None or not (da == db == dx) or None in dx:
-        return None
+    da, db, dx = _dims(a), _dims(b), _dims(x)
+    if da is None or not (da == db == dx):
+        return None  # a broadcasting Add (or shapes unknown) is not a residual the plugin takes
     others = len(x.uses()) > 1 or x.is_graph_output()
     return add, others
+
+
+def _dims(v: ir.Value):
+    """Dims as ints or symbolic names; None when any dim is anonymous (then equality proves nothing)."""
+    if v.shape is None:
+        return None
+    out = []
+    for d in v.shape:
+        if isinstance(d, int):
+            out.append(d)
+        elif getattr(d, "value", None):
+            out.append(str(d.value))
+        else:
+            return None
+    return out
 
 
 def _initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:

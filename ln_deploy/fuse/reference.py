@@ -31,9 +31,13 @@ def skip_norm_reference(x, residual, scale, bias=None, **fields):
 
 
 def expand_plugins(model: ir.Model) -> int:
-    """Replace LnDeployNorm/LnDeploySkipNorm nodes in place by standard ops; return how many."""
-    graph = model.graph
-    opset = graph.opset_imports.get("", 17)
+    """Replace LnDeployNorm/LnDeploySkipNorm nodes in place by standard ops (also in Scan/Loop
+    bodies); return how many."""
+    opset = model.graph.opset_imports.get("", 17)
+    return sum(_expand_graph(g, opset) for g in [model.graph, *model.graph.subgraphs()])
+
+
+def _expand_graph(graph: ir.Graph, opset: int) -> int:
     count = 0
     for node in list(graph):
         if node.domain != "" or node.op_type not in (plugin_spec.NORM.name, plugin_spec.SKIP_NORM.name):

@@ -46,8 +46,10 @@ class G:
         self.inputs.append(h.make_tensor_value_info(name, elem, list(shape)))
         return name
 
-    def output(self, name, elem=TP.FLOAT):
-        self.outputs.append(h.make_tensor_value_info(name, elem, None))
+    def output(self, name, elem=TP.FLOAT, shape=None):
+        if shape is None:  # same shape as the first input (every graph here is shape-preserving)
+            shape = [d.dim_value for d in self.inputs[0].type.tensor_type.shape.dim]
+        self.outputs.append(h.make_tensor_value_info(name, elem, list(shape)))
 
     def reduce(self, op_type, x, axes, keepdims=1):
         if self.opset >= 18 or op_type == "ReduceSum":
@@ -182,7 +184,7 @@ def intermediate_used(opset, dtype="float32"):
     """The mean is also a graph output: the rewrite must keep computing it."""
     m = build(_ln(), opset, dtype)
     mean = next(n for n in m.graph.node if n.op_type == "ReduceMean").output[0]
-    m.graph.output.append(h.make_tensor_value_info(mean, TP.FLOAT, None))
+    m.graph.output.append(h.make_tensor_value_info(mean, TP.FLOAT, [*SHAPE[:-1], 1]))
     return m
 
 
