@@ -23,7 +23,11 @@ def _copy(model):
 
 
 def _nodes_of(model, module_path: str):
-    return [n for n in model.graph.node if module_path in (node_module_path(n) or [])]
+    nodes = [n for n in model.graph.node if module_path in (node_module_path(n) or [])]
+    if not nodes:
+        raise BadInputError(f"no normalization op for module {module_path!r}: no node of the model's top-level "
+                            "graph carries that module path")
+    return nodes
 
 
 def norm_node(model, module_path: str, call: int = 0):

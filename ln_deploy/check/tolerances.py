@@ -120,7 +120,7 @@ def make_profile(precision: str, tolerances: dict | None = None) -> TolerancePro
 
 def compare_funcs(profile: ToleranceProfile, output_names):
     """One Polygraphy ``SimpleCompareFunc`` per stat check, with per-output tolerance dicts."""
-    from polygraphy.comparator import CompareFunc
+    from polygraphy.comparator.compare import SimpleCompareFunc
 
     funcs = []
     for i, check in enumerate(profile.checks):
@@ -129,8 +129,8 @@ def compare_funcs(profile: ToleranceProfile, output_names):
         for name in output_names:
             c = profile.checks_for(name)[i]
             atol[name], rtol[name] = c.atol, c.rtol
-        funcs.append(CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat=check.stat,
-                                        error_quantile=check.quantile))
+        funcs.append(SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat=check.stat,
+                                       error_quantile=check.quantile))
     return funcs
 
 

@@ -1,0 +1,88 @@
+"""Localisation: a model with one normalization damaged in the ONNX file is localised to exactly that
+normalization, for fused ops (LayerNormalization, RMSNormalization), decomposed (hand-written) norms,
+a norm nested in a wrapper, and repeated calls of one module (an unrolled LN-LSTM)."""
+
+import onnx
+import pytest
+
+from models.catalog import BUNDLED, HANDWRITTEN
+
+
+def _check_perturbed(tmp_path, loaded, path, perturb, target, **kw):
+    from ln_deploy.check import check_model
+
+    damaged = perturb(onnx.load(str(path)), target, **kw)
+    out = tmp_path / "damaged.onnx"
+    onnx.save(damaged, str(out))
+    return check_model(loaded, out, invariance=False)
+
+
+CASES = [
+    # (spec, module path) — first, middle and last norms; fused and decomposed spellings
+    (BUNDLED["pre_ln_encoder"], "blocks.1.norm1"),
+    (BUNDLED["post_ln_encoder"], "blocks.0.norm1"),
+    (HANDWRITTEN["pre_ln_encoder"], "final_norm"),
+    (BUNDLED["rms_decoder_block"], "post_attention_norm"),
+    (BUNDLED["convnext_block"], "stem_norm.norm"),  # nn.LayerNorm inside a LayerNorm2d wrapper
+]
+
+
+@pytest.mark.parametrize("spec,target", CASES)
+@pytest.mark.parametrize("kind", ["epsilon", "scale"])
+def test_perturbed_norm_is_localised(spec, target, kind, export_spec, tmp_path):
+    from ln_deploy.check import perturb_epsilon, perturb_scale
+
+    loaded, path = export_spec(spec)
+    if kind == "epsilon":
+        report = _check_perturbed(tmp_path, loaded, path, perturb_epsilon, target, epsilon=0.1)
+    else:
+        report = _check_perturbed(tmp_path, loaded, path, perturb_scale, target, factor=1.01)
+    assert not report.passed
+    fd = report.first_divergence
+    assert fd is not None and fd["module_path"] == target and fd["call"] == 0, fd
+    assert fd["stats"]["max_abs"] > 1e-3
+    norms = report.localisation["onnxrt-cpu"]["norms"]
+    first_bad = next(i for i, n in enumerate(norms) if not n["passed"])
+    assert all(n["passed"] for n in norms[:first_bad])  # everything before it still matches
+
+
+def test_unmodified_model_has_no_divergence(export_spec):
+    from ln_deploy.check import check_model
+
+    loaded, path = export_spec(BUNDLED["pre_ln_encoder"])
+    report = check_model(loaded, path, invariance=False)
+    assert report.first_divergence is None
+    keys = [n["key"] for n in report.localisation["onnxrt-cpu"]["norms"]]
+    assert keys == ["blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2", "final_norm"]
+
+
+def test_repeated_calls_localised_by_call_index(export_spec, tmp_path):
+    """An unrolled LN-LSTM calls each norm once per step; damaging step 3's norm_c is reported as call 3."""
+    from ln_deploy.check import perturb_epsilon
+
+    loaded, path = export_spec(BUNDLED["ln_lstm"], rnn_mode="unroll")
+    report = _check_perturbed(tmp_path, loaded, path, perturb_epsilon, "cells.0.norm_c", epsilon=1.0, call=3)
+    fd = report.first_divergence
+    assert fd is not None and (fd["module_path"], fd["call"]) == ("cells.0.norm_c", 3), fd
+
+
+def test_scan_mode_norms_are_reported_not_localisable(export_spec):
+    from ln_deploy.check import check_model
+
+    loaded, path = export_spec(BUNDLED["ln_gru"])
+    report = check_model(loaded, path, invariance=False)
+    assert report.passed
+    notes = " ".join(report.localisation["onnxrt-cpu"]["notes"])
+    assert "Scan/Loop body" in notes and "--rnn-mode unroll" in notes
+
+
+def test_perturb_helpers_refuse_unknown_module(export_spec):
+    from ln_deploy.check import perturb_epsilon, perturb_scale
+    from ln_deploy.errors import BadInputError
+
+    _, path = export_spec(BUNDLED["pre_ln_encoder"])
+    m = onnx.load(str(path))
+    with pytest.raises(BadInputError, match="no normalization op"):
+        perturb_epsilon(m, "blocks.9.norm1", 0.1)
+    with pytest.raises(BadInputError):
+        perturb_scale(m, "blocks.9.norm1", 2.0)
