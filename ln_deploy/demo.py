@@ -40,7 +40,7 @@ def run(args) -> int:
             report = check_model(loaded, res.path, report_dir=out / f"{name}.check")
             verdict = "PASS" if report.passed else "FAIL"
             failed += not report.passed
-            detail = report.summary_line()
+            detail = report.summary_line().split(": ", 1)[-1]  # the table already names the model
         rows.append((name, res.node_count, res.norm_count, f"{t_export:.1f}s", verdict, detail))
     _print_table(rows)
     print(f"\n{len(rows) - failed}/{len(rows)} bundled models passed; models and reports in {out}/")
