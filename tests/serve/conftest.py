@@ -94,4 +94,20 @@ def bundled_repo(exported_bundled, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_server(bundled_repo):
     with running_server(str(bundled_repo), "--max-body-bytes", str(MAX_BODY)) as server:
+        server.max_body = MAX_BODY
         yield server
+
+
+@pytest.fixture
+def server_factory():
+    """Start dedicated servers (``server_factory(*serve_args)``); all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        s = ServerProcess(*args)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.terminate()

@@ -1,0 +1,166 @@
+"""Bad requests get a 4xx and a message, and the server answers a valid request right after each."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+import numpy as np
+import pytest
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+INFER = "/v2/models/pre_ln_encoder/infer"
+
+
+def _post(server, path, body: bytes, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _json_body(inputs, **extra) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def _x(shape, datatype="FP32", data=None, name="x"):
+    n = int(np.prod(shape))
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data if data is not None else [0.5] * n}
+
+
+def _assert_still_serving(server):
+    """A valid request through the official client, right after the bad one."""
+    c = server.client()
+    x = np.random.default_rng(0).standard_normal((2, 4, 64)).astype(np.float32)
+    i = th.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    y = c.infer("pre_ln_encoder", [i]).as_numpy("output")
+    assert y.shape == (2, 4, 64) and np.isfinite(y).all()
+
+
+def _binary_body(shape, declared_size: int, actual: bytes):
+    header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32",
+                                     "parameters": {"binary_data_size": declared_size}}]}).encode()
+    return header + actual, {"Inference-Header-Content-Length": str(len(header))}
+
+
+CASES = {
+    "wrong input name": (_json_body([_x([1, 8, 64], name="y")]), {}, 400, "unexpected input 'y'"),
+    "wrong dtype": (_json_body([_x([1, 8, 64], datatype="FP64")]), {}, 400, "datatype 'FP64' does not match"),
+    "unknown dtype": (_json_body([_x([1, 8, 64], datatype="FLOAT")]), {}, 400, "does not match the model's FP32"),
+    "wrong rank": (_json_body([_x([8, 64])]), {}, 400, "rank 2"),
+    "wrong fixed dim": (_json_body([_x([1, 8, 63])]), {}, 400, "axis 2 must be 64"),
+    "data count differs from shape": (_json_body([_x([1, 8, 64], data=[1.0] * 10)]), {}, 400, "holds 10 values"),
+    "data not numbers": (_json_body([_x([1, 1, 64], data=["a"] * 64)]), {}, 400, "not a list of numbers"),
+    "negative dim": (_json_body([_x([1, -8, 64], data=[])]), {}, 400, "non-negative integers"),
+    "batch over the limit": (_json_body([_x([9, 1, 64])]), {}, 400, "batch size 9 exceeds the maximum of 8"),
+    "empty batch": (_json_body([_x([0, 1, 64], data=[])]), {}, 400, "at least 1"),
+    "no inputs": (_json_body([]), {}, 400, "'inputs' must be a non-empty list"),
+    "unknown output": (_json_body([_x([1, 1, 64])], outputs=[{"name": "logits"}]), {}, 400,
+                       "unexpected output 'logits'"),
+    "not JSON": (b"hello, server", {}, 400, "not valid JSON"),
+    "JSON but not an object": (b"[1, 2, 3]", {}, 400, "must be a JSON object"),
+    "truncated JSON": (_json_body([_x([1, 8, 64])])[:700], {}, 400, "not valid JSON"),
+    "truncated binary tensor": (*_binary_body([1, 8, 64], 2048, b"\0" * 1000), 400, "truncated"),
+    "binary size disagrees with shape": (*_binary_body([1, 8, 64], 1000, b"\0" * 1000), 400,
+                                         "does not match shape"),
+    "trailing binary bytes": (*_binary_body([1, 8, 64], 2048, b"\0" * 2100), 400, "52 bytes of binary data"),
+    "header length beyond body": (b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}, 400,
+                                  "but the body has"),
+    "binary without header length": (_binary_body([1, 8, 64], 2048, b"\xff" * 2048)[0], {}, 400,
+                                      "not UTF-8 JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_request_is_answered_4xx_and_server_keeps_serving(shared_server, case):
+    body, headers, status, message = CASES[case]
+    got_status, got_body = _post(shared_server, INFER, body, headers)
+    assert got_status == status, got_body
+    assert message in json.loads(got_body)["error"]
+    _assert_still_serving(shared_server)
+
+
+def test_missing_input_and_unknown_model(shared_server):
+    status, body = _post(shared_server, "/v2/models/masked_encoder/infer", _json_body([_x([1, 2, 64])]))
+    assert status == 400 and "missing inputs ['mask']" in json.loads(body)["error"]
+    status, body = _post(shared_server, "/v2/models/nope/infer", _json_body([_x([1, 2, 64])]))
+    assert status == 404 and "unknown model" in json.loads(body)["error"]
+    status, body = _post(shared_server, "/v2/models/pre_ln_encoder/versions/7/infer", _json_body([_x([1, 2, 64])]))
+    assert status == 404
+    _assert_still_serving(shared_server)
+
+
+def test_tritonclient_sees_the_message(shared_server):
+    c = shared_server.client()
+    x = np.zeros((1, 4, 32), np.float32)
+    i = th.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException, match="axis 2 must be 64") as e:
+        c.infer("pre_ln_encoder", [i])
+    assert e.value.status() == "400"
+    _assert_still_serving(shared_server)
+
+
+def _raw_exchange(port: int, head: bytes, body_parts=(), shutdown_write=False) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        s.sendall(head)
+        for part in body_parts:
+            s.sendall(part)
+        if shutdown_write:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                break
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+def _complete(resp: bytes) -> bool:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def test_huge_body_refused_from_content_length_before_reading(shared_server):
+    head = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {10 ** 10}\r\n\r\n").encode()
+    resp = _raw_exchange(shared_server.port, head)  # the 10 GB never follow: refused on the header alone
+    assert resp.startswith(b"HTTP/1.1 413"), resp[:200]
+    assert b"exceeds the limit" in resp
+    _assert_still_serving(shared_server)
+
+
+def test_huge_chunked_body_refused_while_streaming(shared_server):
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    chunk = b"A" * 65536
+    parts = [b"%x\r\n" % len(chunk) + chunk + b"\r\n"] * (shared_server.max_body // len(chunk) + 1)  # just over the limit
+    resp = _raw_exchange(shared_server.port, head, parts)
+    assert resp.startswith(b"HTTP/1.1 413"), resp[:200]
+    _assert_still_serving(shared_server)
+
+
+def test_connection_closed_mid_body(shared_server):
+    head = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 5000\r\n\r\n").encode()
+    resp = _raw_exchange(shared_server.port, head, [b'{"inputs": [{"name": "x", '], shutdown_write=True)
+    # The client is gone; whatever uvicorn answers (a 4xx or nothing), it is never a success.
+    assert not resp.startswith(b"HTTP/1.1 2")
+    _assert_still_serving(shared_server)
