@@ -24,16 +24,19 @@ def _count(graph, op_types) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(HANDWRITTEN))
-def test_handwritten_twin_fuses_like_module_version(name, tmp_path):
+def test_handwritten_twin_fuses_like_module_version(name, tmp_path, exported_bundled):
     from ln_deploy.export import export_model
     from ln_deploy.spec import load_spec
 
     opset = 23 if "rms" in name else None  # nn.RMSNorm exports as one op only at opset 23
-    twin = export_model(spec_path(BUNDLED[name]), tmp_path / "twin.onnx", opset=opset, verify=False)
+    # the module versions are exported once per session (tests/conftest.py), at the default opset
+    twin_path = exported_bundled[name][1].path
+    if opset:
+        twin_path = export_model(spec_path(BUNDLED[name]), tmp_path / "twin.onnx", opset=opset, verify=False).path
     loaded = load_spec(spec_path(HANDWRITTEN[name]))
     hand = export_model(loaded, tmp_path / "hand.onnx", verify=False)  # default opset (20)
     hand_model = onnx.load(hand.path)
-    want = _count(onnx.load(twin.path).graph, NORM_OPS)
+    want = _count(onnx.load(twin_path).graph, NORM_OPS)
     assert want > 0
 
     fused, report = fuse_checked(hand_model, opset=opset)
