@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -195,7 +196,7 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
             shutil.copyfile(model_path, vdir / DEFAULT_FILENAMES[platform])
             shutil.copyfile(model_path.with_name(model_path.name + ".json"), vdir / (DEFAULT_FILENAMES[platform] + ".json"))
             if plugin_path is not None:
-                shutil.copyfile(plugin_path, vdir / plugin_path.name)
+                copy_plugin(plugin_path, vdir)
         validate_model_dir(tmp, name=name, ort_check=ort_check)
         _swap_into_place(tmp, final)
     except BaseException:
@@ -227,6 +228,60 @@ def _check_shared_library(path: Path) -> None:
             raise BadInputError(f"{path} is not a shared library (no ELF header)")
 
 
+PLUGIN_MANIFEST = "ln_deploy_plugins.json"
+
+
+def elf_needed(path: Path) -> list[str]:
+    """DT_NEEDED entries of a 64-bit little-endian ELF shared library (what the loader will look for)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []  # not ELF64 LSB: nothing we can follow
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+    needed = []
+    for _name, sh_type, _flags, _addr, offset, size, link, _info in sections:
+        if sh_type != 6:  # SHT_DYNAMIC
+            continue
+        str_off = sections[link][4]
+        for k in range(0, size, 16):
+            tag, val = struct.unpack_from("<qQ", data, offset + k)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", str_off + val)
+                needed.append(data[str_off + val:end].decode())
+    return needed
+
+
+def copy_plugin(plugin: Path, dest: Path) -> list[str]:
+    """Copy the plugin and the libraries it needs that sit beside it (ln_deploy's plugin needs
+    libln_kernels.so and finds it through RUNPATH $ORIGIN); record which is which."""
+    shutil.copyfile(plugin, dest / plugin.name)
+    deps, todo = [], [plugin]
+    while todo:
+        for name in elf_needed(todo.pop()):
+            beside = plugin.parent / name
+            if beside.is_file() and name not in deps and name != plugin.name:
+                shutil.copyfile(beside, dest / name)
+                deps.append(name)
+                todo.append(beside)
+    (dest / PLUGIN_MANIFEST).write_text(json.dumps({"plugins": [plugin.name], "dependencies": deps}, indent=2))
+    return deps
+
+
+def plugins_in(vdir: Path) -> list[Path]:
+    """The plugin libraries a version folder's manifest lists (not their dependencies)."""
+    try:
+        manifest = json.loads((vdir / PLUGIN_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    names = manifest.get("plugins", []) if isinstance(manifest, dict) else []
+    return [vdir / n for n in names if isinstance(n, str) and "/" not in n and (vdir / n).is_file()]
+
+
 def plugin_libraries(repo: str | os.PathLike) -> list[Path]:
     """Plugin libraries inside TensorRT models' version folders, one per distinct content."""
     repo = Path(repo)
@@ -240,9 +295,10 @@ def plugin_libraries(repo: str | os.PathLike) -> list[Path]:
                 continue
         except BadInputError:
             continue
-        for lib in sorted(model_dir.glob("[0-9]*/*.so")):
-            digest = hashlib.sha256(lib.read_bytes()).hexdigest()
-            seen.setdefault(digest, lib)  # the same library twice would register its creators twice
+        for vdir in version_dirs(model_dir):
+            for lib in plugins_in(vdir):
+                digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+                seen.setdefault(digest, lib)  # the same library twice would register its creators twice
     return list(seen.values())
 
 
@@ -336,11 +392,18 @@ def validate_model_dir(model_dir: str | os.PathLike, *, name: str | None = None,
         problems += compare_config(config, sig, where=str(model_file))
         if platform == ONNX_PLATFORM and ort_check:
             problems += _ort_opens(model_file)
-        if platform == PLAN_PLATFORM:
-            for lib in vdir.glob("*.so"):
-                with open(lib, "rb") as f:
-                    if f.read(4) != b"\x7fELF":
-                        problems.append(f"{lib} is not a shared library")
+        if platform == PLAN_PLATFORM and (vdir / PLUGIN_MANIFEST).exists():
+            try:
+                manifest = json.loads((vdir / PLUGIN_MANIFEST).read_text())
+                libs = [*manifest.get("plugins", []), *manifest.get("dependencies", [])]
+            except (OSError, ValueError, AttributeError) as e:
+                problems.append(f"{vdir / PLUGIN_MANIFEST} is unreadable ({e})")
+                libs = []
+            for lib in libs:
+                if "/" in lib or lib.startswith("."):
+                    problems.append(f"{PLUGIN_MANIFEST} names {lib!r}, not a file beside it")
+                elif not (vdir / lib).is_file() or (vdir / lib).read_bytes()[:4] != b"\x7fELF":
+                    problems.append(f"{vdir / lib} is missing or not a shared library")
     if problems:
         raise CheckFailedError(f"{model_dir}: " + "; ".join(problems))
     return config

@@ -183,6 +183,8 @@ def test_engine_with_plugin(tmp_path, capsys):
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     assert (repo / "enc" / "1" / "model.plan").read_bytes() == engine.read_bytes()
     assert (repo / "enc" / "1" / "libln_deploy_plugins.so").read_bytes() == plugin.read_bytes()
+    manifest = json.loads((repo / "enc" / "1" / "ln_deploy_plugins.json").read_text())
+    assert manifest == {"plugins": ["libln_deploy_plugins.so"], "dependencies": []}
     # A second engine with the same plugin: the library is listed once (registering twice fails).
     assert main(["-q", "package", str(engine), "--repo", str(repo), "--name", "enc2", "--plugin", str(plugin)]) == 0
     assert (repo / ARGS_FILE).read_text() == flag + "\n"
@@ -218,3 +220,38 @@ def test_model_config_types_round_trip():
         assert normalize_datatype(triton) == kserve
         if np_name:
             assert numpy_dtype(kserve) == np.dtype(np_name)
+
+
+def test_plugin_dependencies_beside_it_are_copied(tmp_path):
+    """ln_deploy's plugin needs libln_kernels.so through RUNPATH $ORIGIN: it must travel along."""
+    from ln_deploy.serve.repository import elf_needed
+
+    lib = _a_shared_library()
+    needed = elf_needed(lib)
+    assert "libc.so.6" in needed  # the ELF reader sees the dynamic section
+    src = tmp_path / "build"
+    src.mkdir()
+    shutil.copyfile(lib, src / "libplugin.so")
+    shutil.copyfile(lib, src / needed[0])  # a stand-in for a dependency built beside the plugin
+    repo = tmp_path / "repo"
+    result = package_model(_engine_with_sidecar(tmp_path), repo, "enc", plugin=src / "libplugin.so")
+    vdir = repo / "enc" / "1"
+    assert (vdir / needed[0]).is_file()
+    assert json.loads((vdir / "ln_deploy_plugins.json").read_text()) == {"plugins": ["libplugin.so"],
+                                                                      "dependencies": [needed[0]]}
+    assert result.server_args == ["--backend-config=tensorrt,plugins=/models/enc/1/libplugin.so"]
+    (vdir / needed[0]).unlink()
+    with pytest.raises(CheckFailedError, match="missing or not a shared library"):
+        validate_model_dir(repo / "enc")
+
+
+def test_real_plugin_build_when_present(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    plugin = root / "plugins" / "build" / "libln_deploy_trt_plugin.so"
+    if not plugin.is_file():
+        pytest.skip("plugins/build/libln_deploy_trt_plugin.so not built (scripts/build_plugins.sh needs nvcc)")
+    repo = tmp_path / "repo"
+    package_model(_engine_with_sidecar(tmp_path), repo, "enc", plugin=plugin)
+    manifest = json.loads((repo / "enc" / "1" / "ln_deploy_plugins.json").read_text())
+    assert manifest["plugins"] == ["libln_deploy_trt_plugin.so"]
+    assert "libln_kernels.so" in manifest["dependencies"]
