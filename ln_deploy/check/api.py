@@ -173,9 +173,11 @@ def _make_runners(loaded, model, out_names, engine, plugins, report, timer, thre
     from .runners import (TorchRunner, make_onnxrt_session, make_trt_runner, onnxrt_providers,
                           tensorrt_unavailable_reason)
 
-    runners = [TorchRunner(loaded, output_names=out_names, name=REFERENCE, device=torch_device)]
-    report.runners.append({"name": REFERENCE, "role": "reference", "status": "ran", "device": torch_device})
     ins = onnx_inputs(model)
+    dynamic = {i.name: {a: d for a, d in enumerate(i.shape) if not isinstance(d, int)} for i in ins}
+    runners = [TorchRunner(loaded, output_names=out_names, name=REFERENCE, device=torch_device,
+                           dynamic_axes={k: {a: (d or f"dim{a}") for a, d in v.items()} for k, v in dynamic.items()})]
+    report.runners.append({"name": REFERENCE, "role": "reference", "status": "ran", "device": torch_device})
     info = {}
     model_bytes = model.SerializeToString()
     for name, provider in onnxrt_providers():
