@@ -342,3 +342,16 @@ def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer,
             shapes.add(("rms_norm" if "RMS" in cls else "layer_norm", int(shape[-1])))
     results += kernel_bitwise_invariance(shapes)
     report.invariance = [r.to_json() for r in results]
+
+
+def parity_summary(spec, onnx_path, **kwargs) -> tuple[bool, str]:
+    """For ``ln-deploy demo``: check one exported model quietly and return (passed, one-line summary).
+
+    Bad input still raises ``BadInputError``; everything else is in the line."""
+    quiet = progress._quiet
+    progress.set_quiet(True)
+    try:
+        report = check_model(spec, onnx_path, **kwargs)
+    finally:
+        progress.set_quiet(quiet)
+    return report.passed, report.summary_line()
