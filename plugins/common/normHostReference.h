@@ -59,20 +59,20 @@ int normRowsHost(ln_norm_args const& a, int32_t smCount)
             for (int64_t e = 0; e < n; ++e)
                 static_cast<T*>(a.sum_out)[row * n + e] = addResidual(x[e], r[e]);
         float const shift = rms ? 0.0f : val(0);
-        float mean = 0.0f;
+        float offset = 0.0f;
         float rstd;
         if (s.kernel != LN_KERNEL_SPLIT_ROW)
         {
             int const G = s.threads_per_row;
             // thread t owns chunks t, t + G, t + 2G, ...; elements of a chunk in order
-            auto threadSum = [&](int t, float m, bool square) {
+            auto threadSum = [&](int t, float off, bool square) {
                 float acc = 0.0f;
                 for (int64_t i = 0; i < s.iters; ++i)
                     for (int v = 0; v < s.vec; ++v)
                     {
                         int64_t const e = (i * G + t) * s.vec + v;
                         if (e < n)
-                            acc = square ? accumulateSquare(acc, val(e) - m) : acc + (val(e) - m);
+                            acc = square ? accumulateSquare(acc, deviation(val(e), shift, off)) : acc + (val(e) - shift);
                     }
                 return acc;
             };
@@ -80,12 +80,12 @@ int normRowsHost(ln_norm_args const& a, int32_t smCount)
             {
                 part.assign(G, 0.0f);
                 for (int t = 0; t < G; ++t)
-                    part[t] = threadSum(t, shift, false);
-                mean = finishMean(shift, groupReduceHost(part, G), n);
+                    part[t] = threadSum(t, 0.0f, false);
+                offset = meanOffset(groupReduceHost(part, G), n);
             }
             part.assign(G, 0.0f);
             for (int t = 0; t < G; ++t)
-                part[t] = threadSum(t, mean, true);
+                part[t] = threadSum(t, offset, true);
             rstd = finishRstd(groupReduceHost(part, G), n, a.epsilon);
         }
         else
@@ -101,25 +101,26 @@ int normRowsHost(ln_norm_args const& a, int32_t smCount)
                 int64_t const end = (j + 1) * P < C ? (j + 1) * P : C;
                 int64_t const eEnd = end * s.vec < n ? end * s.vec : n;
                 counts[j] = eEnd - begin * s.vec;
-                auto threadSum = [&](int t, float m, bool square) {
+                auto threadSum = [&](int t, float off, bool square) {
                     float acc = 0.0f;
                     for (int64_t c = begin + t; c < end; c += kSplitThreads)
                         for (int v = 0; v < s.vec; ++v)
                         {
                             int64_t const e = c * s.vec + v;
                             if (e < n)
-                                acc = square ? accumulateSquare(acc, val(e) - m) : acc + (val(e) - m);
+                                acc = square ? accumulateSquare(acc, deviation(val(e), shift, off))
+                                             : acc + (val(e) - shift);
                         }
                     return acc;
                 };
-                means[j] = 0.0f;
+                means[j] = 0.0f; // offset of CTA j's mean from shift
                 if (!rms)
                 {
                     part.assign(kSplitThreads, 0.0f);
                     for (int t = 0; t < kSplitThreads; ++t)
-                        part[t] = threadSum(t, shift, false);
+                        part[t] = threadSum(t, 0.0f, false);
                     sums[j] = groupReduceHost(part, kSplitThreads);
-                    means[j] = finishMean(shift, sums[j], counts[j]);
+                    means[j] = meanOffset(sums[j], counts[j]);
                 }
                 part.assign(kSplitThreads, 0.0f);
                 for (int t = 0; t < kSplitThreads; ++t)
@@ -132,9 +133,9 @@ int normRowsHost(ln_norm_args const& a, int32_t smCount)
                 float ssum = 0.0f;
                 for (int j = 0; j < S; ++j)
                     ssum += sums[j];
-                mean = finishMean(shift, ssum, n);
+                offset = meanOffset(ssum, n);
                 for (int j = 0; j < S; ++j)
-                    total = mergeM2(total, m2s[j], counts[j], means[j], mean);
+                    total = mergeM2(total, m2s[j], counts[j], means[j], offset);
             }
             else
                 for (int j = 0; j < S; ++j)
@@ -146,7 +147,7 @@ int normRowsHost(ln_norm_args const& a, int32_t smCount)
         {
             float const w = toFloat(scale[e]);
             float const b = bias ? toFloat(bias[e]) : 0.0f;
-            y[e] = fromFloat<T>(normalizeOne(val(e), mean, rstd, w, b));
+            y[e] = fromFloat<T>(normalizeOne(val(e), shift, offset, rstd, w, b));
         }
     }
     return LN_OK;

@@ -139,7 +139,7 @@ __device__ __forceinline__ float groupReduce(float v, int G, float* red, int fir
 
 template <typename T, typename W, int N, bool kVecOnly>
 __device__ __forceinline__ void writeOutput(
-    KernelParams const& p, int64_t off, int e0, Chunk<T, N> const& v, float mean, float rstd)
+    KernelParams const& p, int64_t off, int e0, Chunk<T, N> const& v, float shift, float offset, float rstd)
 {
     int const n = static_cast<int>(p.n);
     Chunk<W, N> const w = kVecOnly ? loadChunkVec<W, N>(static_cast<W const*>(p.scale), e0)
@@ -152,7 +152,7 @@ __device__ __forceinline__ void writeOutput(
 #pragma unroll
     for (int j = 0; j < N; ++j)
         o.v[j] = fromFloat<T>(
-            normalizeOne(toFloat(v.v[j]), mean, rstd, toFloat(w.v[j]), p.bias != nullptr ? toFloat(b.v[j]) : 0.0f));
+            normalizeOne(toFloat(v.v[j]), shift, offset, rstd, toFloat(w.v[j]), p.bias != nullptr ? toFloat(b.v[j]) : 0.0f));
     storeChunk<T, N>(static_cast<T*>(p.y) + off, e0, n, kVecOnly || p.vecOk, o);
 }
 
@@ -190,10 +190,10 @@ __global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(Kernel
                     v[i].v[j] = fromFloat<T>(0.0f);
             }
         }
-        float mean = 0.0f;
+        float const shift = !p.rms && nRow > 0 ? rowShift<T>(p, off) : 0.0f;
+        float offset = 0.0f;
         if (!p.rms)
         {
-            float const shift = nRow > 0 ? rowShift<T>(p, off) : 0.0f;
             float acc = 0.0f;
 #pragma unroll
             for (int i = 0; i < ITERS; ++i)
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(Kernel
                 for (int j = 0; j < N; ++j)
                     if (tN + i * GN + j < nRow)
                         acc = acc + (toFloat(v[i].v[j]) - shift);
-            mean = finishMean(shift, groupReduce(acc, G, red[0], firstWarp), p.n);
+            offset = meanOffset(groupReduce(acc, G, red[0], firstWarp), p.n);
         }
         float acc = 0.0f;
 #pragma unroll
@@ -209,12 +209,18 @@ __global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(Kernel
 #pragma unroll
             for (int j = 0; j < N; ++j)
                 if (tN + i * GN + j < nRow)
-                    acc = accumulateSquare(acc, toFloat(v[i].v[j]) - mean);
+                    acc = accumulateSquare(acc, deviation(toFloat(v[i].v[j]), shift, offset));
         float const rstd = finishRstd(groupReduce(acc, G, red[1], firstWarp), p.n, p.eps);
 #pragma unroll
         for (int i = 0; i < ITERS; ++i)
+        {
             if (tN + i * GN < nRow)
-                writeOutput<T, W, N, true>(p, off, tN + i * GN, v[i], mean, rstd);
+                writeOutput<T, W, N, true>(p, off, tN + i * GN, v[i], shift, offset, rstd);
+            // With 8 chunks held, hoisting every chunk's scale/bias loads (32 bytes each for fp32
+            // scale) above the stores would exceed 128 registers: fence every other chunk.
+            if (ITERS >= 8 && (i & 1))
+                asm volatile("" ::: "memory");
+        }
         if (G > kWarp)
             __syncthreads(); // red[] is rewritten for the next row
     }
@@ -241,10 +247,10 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
         int64_t const row = base + group;
         int const nRow = row < p.rows ? static_cast<int>(p.n) : 0;
         int64_t const off = row * p.n;
-        float mean = 0.0f;
+        float const shift = !p.rms && nRow > 0 ? rowShift<T>(p, off) : 0.0f;
+        float offset = 0.0f;
         if (!p.rms)
         {
-            float const shift = nRow > 0 ? rowShift<T>(p, off) : 0.0f;
             float acc = 0.0f;
             for (int i = 0; i < p.iters; ++i)
             {
@@ -257,7 +263,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
                     if (e0 + j < nRow)
                         acc = acc + (toFloat(v.v[j]) - shift);
             }
-            mean = finishMean(shift, groupReduce(acc, G, red[0], firstWarp), p.n);
+            offset = meanOffset(groupReduce(acc, G, red[0], firstWarp), p.n);
         }
         float acc = 0.0f;
         for (int i = 0; i < p.iters; ++i)
@@ -269,7 +275,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
 #pragma unroll
             for (int j = 0; j < N; ++j)
                 if (e0 + j < nRow)
-                    acc = accumulateSquare(acc, toFloat(v.v[j]) - mean);
+                    acc = accumulateSquare(acc, deviation(toFloat(v.v[j]), shift, offset));
         }
         float const rstd = finishRstd(groupReduce(acc, G, red[1], firstWarp), p.n, p.eps);
         for (int i = 0; i < p.iters; ++i)
@@ -277,7 +283,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
             int const e0 = tN + i * GN;
             if (e0 >= nRow)
                 break;
-            writeOutput<T, W, N, false>(p, off, e0, loadInput<T, N, false>(p, off, e0, false), mean, rstd);
+            writeOutput<T, W, N, false>(p, off, e0, loadInput<T, N, false>(p, off, e0, false), shift, offset, rstd);
         }
         if (G > kWarp)
             __syncthreads();
@@ -305,10 +311,10 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitStatsKernel(KernelPara
     int64_t begin, end, count;
     splitRange(p, N, begin, end, count);
     float sum = 0.0f;
-    float mean = 0.0f;
+    float const shift = p.rms ? 0.0f : rowShift<T>(p, off);
+    float offset = 0.0f; // of this CTA's mean from shift
     if (!p.rms)
     {
-        float const shift = rowShift<T>(p, off);
         float acc = 0.0f;
         for (int c = static_cast<int>(begin) + threadIdx.x; c < end; c += kSplitThreads)
         {
@@ -319,7 +325,7 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitStatsKernel(KernelPara
                     acc = acc + (toFloat(v.v[j]) - shift);
         }
         sum = groupReduce(acc, kSplitThreads, red[0], 0);
-        mean = finishMean(shift, sum, count);
+        offset = meanOffset(sum, count);
     }
     float acc = 0.0f;
     for (int c = static_cast<int>(begin) + threadIdx.x; c < end; c += kSplitThreads)
@@ -328,7 +334,7 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitStatsKernel(KernelPara
 #pragma unroll
         for (int j = 0; j < N; ++j)
             if (c * N + j < p.n)
-                acc = accumulateSquare(acc, toFloat(v.v[j]) - mean);
+                acc = accumulateSquare(acc, deviation(toFloat(v.v[j]), shift, offset));
     }
     float const m2 = groupReduce(acc, kSplitThreads, red[1], 0);
     if (threadIdx.x == 0)
@@ -347,21 +353,21 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitApplyKernel(KernelPara
     int64_t const off = row * p.n;
     float const* ws = p.workspace + row * p.splits * 2;
     int64_t const C = (p.n + N - 1) / N;
-    float mean = 0.0f;
+    float const shift = p.rms ? 0.0f : rowShift<T>(p, off);
+    float offset = 0.0f;
     float total = 0.0f;
     if (!p.rms)
     {
-        float const shift = rowShift<T>(p, off);
         float ssum = 0.0f;
         for (int j = 0; j < p.splits; ++j)
             ssum += ws[2 * j];
-        mean = finishMean(shift, ssum, p.n);
+        offset = meanOffset(ssum, p.n);
         for (int j = 0; j < p.splits; ++j)
         {
             int64_t const b = static_cast<int64_t>(j) * p.chunksPerSplit;
             int64_t const e = b + p.chunksPerSplit < C ? b + p.chunksPerSplit : C;
             int64_t const cnt = (e * N < p.n ? e * N : p.n) - b * N;
-            total = mergeM2(total, ws[2 * j + 1], cnt, finishMean(shift, ws[2 * j], cnt), mean);
+            total = mergeM2(total, ws[2 * j + 1], cnt, meanOffset(ws[2 * j], cnt), offset);
         }
     }
     else
@@ -371,7 +377,7 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitApplyKernel(KernelPara
     int64_t begin, end, count;
     splitRange(p, N, begin, end, count);
     for (int c = static_cast<int>(begin) + threadIdx.x; c < end; c += kSplitThreads)
-        writeOutput<T, W, N, false>(p, off, c * N, loadInput<T, N, false>(p, off, c * N, false), mean, rstd);
+        writeOutput<T, W, N, false>(p, off, c * N, loadInput<T, N, false>(p, off, c * N, false), shift, offset, rstd);
 }
 
 inline bool aligned16(void const* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
