@@ -109,6 +109,9 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
                              engine=str(engine) if engine else None, tolerances=profile.to_json())
 
+        recorded = {p.key: p.value for p in model.metadata_props}.get("ln_deploy.spec")
+        if recorded and recorded.rpartition(":")[2] != loaded.spec.rpartition(":")[2]:
+            report.notes.append(f"the ONNX model records that it was exported from {recorded}, not {loaded.spec}")
         gen = InputGenerator(loaded, seed)
         feeds, source = _feeds(inputs, gen, loaded, onnx_ins)
         report.inputs = {"source": source, "feeds": len(feeds), "seed": seed,
