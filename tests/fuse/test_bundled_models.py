@@ -23,6 +23,7 @@ def _count(graph, op_types) -> int:
     return n
 
 
+@pytest.mark.slow  # exports every bundled model twice (~2 min alone; the module exports are shared with tests/export)
 @pytest.mark.parametrize("name", sorted(HANDWRITTEN))
 def test_handwritten_twin_fuses_like_module_version(name, tmp_path, exported_bundled):
     from ln_deploy.export import export_model
