@@ -288,14 +288,18 @@ def kernel_bitwise_invariance(norm_shapes) -> list[InvarianceResult]:
                 results.append(InvarianceResult(name, f"{kind}[{hidden}] {dtype}", SKIPPED,
                                                 f"kernel run failed: {type(e).__name__}: {str(e)[:200]}"))
                 continue
-            ok = r if isinstance(r, bool) else (r.get("passed") if isinstance(r, dict) else getattr(r, "passed", None))
-            stats = r if isinstance(r, dict) else {k: v for k, v in getattr(r, "__dict__", {}).items()
-                                                   if isinstance(v, (int, float, str, bool, list))}
+            # ln_deploy.kernels returns {"invariant": bool, "differing_bits": int, "cases": [...], ...}
+            ok = r.get("invariant") if isinstance(r, dict) else (r if isinstance(r, bool) else None)
+            stats = {k: v for k, v in r.items() if k in ("invariant", "differing_bits", "cases")} \
+                if isinstance(r, dict) else {}
             if ok is None:
                 results.append(InvarianceResult(name, f"{kind}[{hidden}] {dtype}", SKIPPED,
                                                 f"unrecognised result {type(r).__name__}"))
             else:
                 results.append(InvarianceResult(name, f"{kind}[{hidden}] {dtype}", PASSED if ok else FAILED,
-                                                "zero differing bits" if ok else "rows differ bitwise with the batch size",
+                                                "zero differing bits alone and at first/middle/last positions of "
+                                                "batches of 3, 1000 and 100000 rows" if ok else
+                                                f"{stats.get('differing_bits', '?')} differing bits between a row alone "
+                                                "and the same row inside batches",
                                                 stats))
     return results
