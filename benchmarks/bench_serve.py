@@ -14,7 +14,8 @@ and the client tally is cross-checked with the server's own statistics (nothing 
 Bounded: loopback only, ``--duration`` seconds plus a hard deadline, at most ``--max-requests``
 per client. Exit status 1 if any request was lost or failed.
 
-    python benchmarks/bench_serve.py                       # 32 clients x 20 s, pre_ln_encoder, seq 64
+    python benchmarks/bench_serve.py                       # 32 clients x 20 s, batch-8 requests, seq 64
+    python benchmarks/bench_serve.py --request-batch 1     # batch-1 requests batched by the server
     python benchmarks/bench_serve.py --clients 8 --duration 2 --seq-len 8
 """
 
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--client-processes", type=int, default=2, help="client processes sharing --clients")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     ap.add_argument("--max-requests", type=int, default=100_000, help="per client, a bound on the count")
-    ap.add_argument("--request-batch", type=int, default=1, help="rows per request")
+    ap.add_argument("--request-batch", type=int, default=8, help="rows per request")
     ap.add_argument("--max-batch-size", type=int, default=8, help="server batch limit and direct batch size")
     ap.add_argument("--seq-len", type=int, default=64, help="length of the dynamic axes")
     ap.add_argument("--window-ms", type=float, default=2.0, help="server batching window")
