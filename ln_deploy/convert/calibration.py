@@ -1,0 +1,207 @@
+"""Calibration inputs (a user's .npz, a SPEC's example inputs, or seeded random ones) and ORT runs that
+expose intermediate values."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import BadInputError
+from .graph import BFLOAT16, FLOAT, FLOAT16
+
+_NP = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
+DEFAULT_DIM = {"batch": 2}
+DEFAULT_OTHER_DIM = 8
+
+
+def _np_dtype(elem_type: int):
+    import numpy as np
+
+    if elem_type == BFLOAT16:
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    if elem_type not in _NP:
+        raise BadInputError(f"input element type {elem_type} is not supported for calibration")
+    return np.dtype(_NP[elem_type])
+
+
+def graph_inputs(model) -> list:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def load_calibration(calibration, model, *, spec: str | None = None, seed: int = 0, scale: float = 1.0) -> dict:
+    """Feeds for ``model``: ``calibration`` (path to .npz or dict) wins, then ``spec``'s example inputs,
+    then seeded standard-normal inputs with symbolic dims from ``DEFAULT_DIM`` (8 otherwise).
+    ``scale`` multiplies float inputs (large-magnitude calibration: scale=1000)."""
+    import numpy as np
+
+    ins = graph_inputs(model)
+    names = [i.name for i in ins]
+    if calibration is not None and spec is not None:
+        raise BadInputError("give calibration inputs or a spec, not both")
+    if isinstance(calibration, (str, os.PathLike)):
+        feeds = read_npz(calibration)
+        where = str(calibration)
+    elif isinstance(calibration, dict):
+        feeds, where = {k: np.asarray(v) for k, v in calibration.items()}, "calibration dict"
+    elif calibration is None and spec is not None:
+        from ..spec import load_spec
+
+        loaded = load_spec(spec)
+        arrays = [t.detach().cpu().numpy() for t in loaded.example_inputs]
+        if len(arrays) != len(names):
+            raise BadInputError(f"{spec} has {len(arrays)} example inputs but the model has {len(names)} inputs")
+        feeds, where = dict(zip(names, arrays)), f"{spec} example inputs"
+    elif calibration is None:
+        rng = np.random.default_rng(seed)
+        sizes = _symbolic_sizes(model)
+        feeds = {}
+        for i in ins:
+            shape = [d.dim_value if d.dim_value > 0 else sizes.get(d.dim_param, DEFAULT_DIM.get(d.dim_param, DEFAULT_OTHER_DIM))
+                     for d in i.type.tensor_type.shape.dim]
+            t = i.type.tensor_type.elem_type
+            if t in (FLOAT, FLOAT16, BFLOAT16, 11):
+                feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+            elif t == 9:
+                feeds[i.name] = np.ones(shape, dtype=bool)
+            else:
+                feeds[i.name] = np.zeros(shape, dtype=_np_dtype(t))
+        where = "random inputs"
+    else:
+        raise BadInputError(f"calibration must be a .npz path or a dict, not {type(calibration).__name__}")
+    missing = [n for n in names if n not in feeds]
+    extra = [k for k in feeds if k not in names]
+    if missing or extra:
+        raise BadInputError(f"{where}: inputs do not match the model (model: {', '.join(names)}; "
+                            f"missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
+    out = {}
+    for i in ins:
+        a = np.asarray(feeds[i.name])
+        rank = len(i.type.tensor_type.shape.dim)
+        if i.type.tensor_type.HasField("shape") and a.ndim != rank:
+            raise BadInputError(f"{where}: input {i.name!r} has rank {a.ndim}, the model wants rank {rank}")
+        t = i.type.tensor_type.elem_type
+        if t in (FLOAT, FLOAT16, BFLOAT16) and not np.issubdtype(a.dtype, np.floating) and a.dtype.kind not in "V":
+            a = a.astype(np.float32)
+        if t in (FLOAT, FLOAT16, BFLOAT16) and scale != 1.0:
+            a = a.astype(np.float32) * scale
+        out[i.name] = a.astype(_np_dtype(t)) if t != BFLOAT16 else a
+    return out
+
+
+def _symbolic_sizes(model) -> dict:
+    """Symbolic dims named in the exporter's metadata keep the defaults; nothing else to learn here."""
+    for p in model.metadata_props:
+        if p.key == "ln_deploy.example_shapes":
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                return {}
+    return {}
+
+
+def read_npz(path) -> dict:
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"no such calibration file: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise BadInputError(f"{p} is not a readable .npz file ({str(e).splitlines()[0][:200]})") from None
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # No graph rewrites: the values must be the ones each node computes, in the declared types.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _cast_feeds(model, feeds):
+    import numpy as np
+
+    out = {}
+    for i in graph_inputs(model):
+        a = feeds[i.name if i.name in feeds else i.name[: -len("__fp32_feed")]]
+        t = i.type.tensor_type.elem_type
+        out[i.name] = np.asarray(a).astype(_np_dtype(t))
+    return out
+
+
+def run_with_values(model, feeds: dict, names: list[str], types_from=None) -> dict:
+    """Run ``model`` in ORT on the CPU returning the named intermediate values (as float64 arrays)."""
+    import copy
+
+    import numpy as np
+    from onnx import helper
+
+    from .graph import infer_types
+
+    m = copy.deepcopy(model)
+    types = infer_types(m)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing and types.get(n):
+            m.graph.output.append(helper.make_tensor_value_info(n, types[n], None))
+    m, rename = _bridge_bf16(m)
+    sess = _session(m)
+    wanted = set(names)
+    outs = [o.name for o in sess.get_outputs() if rename.get(o.name, o.name) in wanted]
+    vals = sess.run(outs, _cast_feeds(m, feeds))
+    return {rename.get(n, n): _to64(v) for n, v in zip(outs, vals)}
+
+
+def run_outputs(model, feeds: dict) -> dict:
+    m, rename = _bridge_bf16(model)
+    sess = _session(m)
+    names = [o.name for o in sess.get_outputs()]
+    return {rename.get(n, n): _to64(v) for n, v in zip(names, sess.run(names, _cast_feeds(m, feeds)))}
+
+
+def _bridge_bf16(model):
+    """ORT's Python API cannot feed or return bfloat16 arrays: bridge bf16 graph I/O through fp32 (exact)."""
+    import copy
+
+    from onnx import helper
+
+    if not any(v.type.tensor_type.elem_type == BFLOAT16 for v in list(model.graph.input) + list(model.graph.output)):
+        return model, {}
+    m = copy.deepcopy(model)
+    rename = {}
+    pre = []
+    for i in m.graph.input:
+        if i.type.tensor_type.elem_type == BFLOAT16:
+            outer = i.name + "__fp32_feed"
+            pre.append(helper.make_node("Cast", [outer], [i.name], to=BFLOAT16))
+            i.name = outer
+            i.type.tensor_type.elem_type = FLOAT
+            rename[outer] = outer[: -len("__fp32_feed")]
+    for o in m.graph.output:
+        if o.type.tensor_type.elem_type == BFLOAT16:
+            outer = o.name + "__fp32_fetch"
+            m.graph.node.append(helper.make_node("Cast", [o.name], [outer], to=FLOAT))
+            rename[outer] = o.name
+            o.name = outer
+            o.type.tensor_type.elem_type = FLOAT
+    nodes = pre + list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m, rename
+
+
+def _to64(v):
+    import numpy as np
+
+    a = np.asarray(v)
+    if a.dtype.kind in "fV" or str(a.dtype) == "bfloat16":
+        return a.astype(np.float32).astype(np.float64)
+    return a
