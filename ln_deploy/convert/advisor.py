@@ -167,4 +167,4 @@ def _handling(site, precision: str, force: bool) -> tuple[str, bool]:
         return f"forced: statistics computed in {precision}", False
     if site.form == "fused":
         return f"{site.op_type} stash_type=1: statistics in fp32", True
-    return "decomposed: kept in fp32 by the conversion policy", True
+    return "decomposed: fused first (stash_type=1), else kept in fp32 by the policy", True

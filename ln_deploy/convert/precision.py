@@ -5,9 +5,11 @@ The plan gives every node one of three precisions:
 * ``low``: its float inputs and outputs are fp16/bf16 (weights converted once, offline);
 * ``fp32``: policy or measurement says it needs fp32 (decomposed norms, squares, exponentials,
   values beyond fp16's range, nodes whose error blows up against the fp32 reference);
-* ``emulate``: (``target="ort-cpu"`` only) low precision is wanted but ONNX Runtime's CPU provider
-  has no kernel for it: the node computes in fp32 between a Cast from and a Cast back to the low
-  type, so every tensor is still stored (rounded) in the low type, as it would be on TensorRT.
+* ``emulate``: (``target="ort-cpu"`` only) a low-precision compute node made explicit for ONNX
+  Runtime's CPU provider: fp32 math between a Cast from and a Cast back to the low type, so every
+  tensor is stored (rounded) in the low type as on a GPU engine. ORT's CPU provider has few real
+  fp16 and almost no bf16 kernels, and where it lacks one it computes in fp32 and drops the
+  rounding between nodes, which would hide overflow.
 
 Casts are inserted per tensor and per type, not per consumer; a Cast is never put around a node
 whose neighbours share its precision, and lossless round trips (low → fp32 → low) are removed.
@@ -42,6 +44,14 @@ UNIT_ROUNDOFF = {FLOAT16: 2.0 ** -11, BFLOAT16: 2.0 ** -8}
 DEFAULT_FP32_OPS = ("Pow", "Exp", "Log", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "ReduceLogSum",
                     "ReduceProd", "CumSum", "Range")
 SUBGRAPH_OPS = ("Scan", "Loop", "If")
+# Ops that move or select values without arithmetic: exact in any type, never emulated when ORT has
+# a kernel for the low type.
+DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Concat", "Split", "Gather",
+                     "GatherElements", "GatherND", "Expand", "Identity", "Flatten", "Shape", "Size", "Cast",
+                     "CastLike", "Where", "Tile", "Pad", "ScatterND", "ScatterElements", "Trilu", "Constant",
+                     "ConstantOfShape", "DepthToSpace", "SpaceToDepth", "Compress", "Max", "Min", "Relu",
+                     "Neg", "Abs", "Sign", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+                     "ReduceMax", "ReduceMin", "ArgMax", "ArgMin", "TopK", "MaxPool")
 # Ops whose float output type comes from an attribute rather than an input.
 _TYPE_FROM_ATTR = ("Cast", "Constant", "ConstantOfShape")
 _DTYPE_ATTR_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike",
@@ -70,7 +80,7 @@ class ConversionReport:
     def summary(self) -> str:
         lines = [f"precision {self.precision}: {self.low_nodes}/{self.nodes} nodes in {self.precision}, "
                  f"{len(self.fp32_nodes)} in fp32, {len(self.emulated_nodes)} emulated "
-                 f"(no ORT CPU kernel), {self.casts_inserted} Casts inserted, {self.casts_removed} removed"]
+                 f"for ORT CPU, {self.casts_inserted} Casts inserted, {self.casts_removed} removed"]
         for n in self.normalizations:
             lines.append(f"  norm {n['module'] or n['name']} ({n['form']} {n['kind']}): {n['handling']}")
         for n in self.fp32_nodes:
@@ -528,7 +538,12 @@ class _Planner:
                     self.set(scope + node.name, "fp32", "a weight exceeds fp16's range")
 
     def emulation(self, graph, scope: str = "") -> None:
-        """target=ort-cpu: low nodes ORT's CPU provider cannot run in the low type compute in fp32."""
+        """Make every low-precision compute node explicit: fp32 math between a Cast from and a Cast
+        back to the low type. ONNX Runtime's CPU provider has few real fp16 and almost no bf16
+        kernels; for the rest it computes in fp32 and drops the rounding between consecutive nodes
+        (its InsertCastTransformer), which hides exactly the overflows this tool must show. With the
+        explicit Casts every tensor is rounded to the low type as it is on a GPU engine. Data-movement
+        ops keep their low-precision form when ORT has a kernel for it (probed)."""
         from .ort_support import cpu_supports
 
         opset = tuple((o.domain, o.version) for o in self.model.opset_import)
@@ -541,6 +556,9 @@ class _Planner:
             want_in, outs = self.typer.io(node, "low")
             if not any(t == self.typer.low for t in list(want_in) + list(outs)):
                 self.plan[key] = "low"
+                continue
+            if node.op_type not in DATA_MOVEMENT_OPS:
+                self.plan[key] = "emulate"
                 continue
             ref_in, ref_out = self.typer.io(node, "fp32")
             cur_in = tuple((w if w is not None else self.typer.orig.get(n, 0)) if n else 0
@@ -573,7 +591,8 @@ def check_precision(precision: str) -> int:
 def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool = True,
                   fp32_ops=DEFAULT_FP32_OPS, fp32_nodes=(), calibration=None, spec: str | None = None,
                   force_norm_fp16: bool = False, target: str = "ort-cpu", measure: bool = True,
-                  data_max: float = FP16_MAX / 4, tolerance: float | None = None, max_rounds: int = 4):
+                  data_max: float = FP16_MAX / 4, tolerance: float | None = None, max_rounds: int = 4,
+                  fuse: bool = True):
     """Convert an fp32 ONNX model to fp16/bf16 with fp32 normalization statistics.
 
     Args:
@@ -587,6 +606,8 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
             decomposed into primitive ops): the failure demonstration, never for deployment.
         target: "ort-cpu" (default; nodes ORT's CPU provider lacks a low-precision kernel for are
             emulated: fp32 math, low-precision tensors) or "tensorrt" (the pure typed graph).
+        fuse: fuse decomposed normalizations first with ``ln_deploy.fuse`` (to LayerNormalization with
+            fp32 statistics); what cannot be fused stays decomposed and in fp32.
         measure: run the fp32 model and the candidate in ORT on the calibration inputs; keep in
             fp32 the nodes whose values exceed ``data_max`` (fp16) or whose relative error exceeds
             ``tolerance`` (default 16 unit roundoffs) while their inputs' error is 8x smaller.
@@ -607,6 +628,8 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         report.notes.append("subgraph bodies (Scan/Loop/If) are converted by policy only; "
                             "the measured check sees the main graph")
 
+    if fuse and not force_norm_fp16:
+        model = _fuse_first(model, report)
     forced: list[str] = []
     if force_norm_fp16:
         forced = decompose_fused_norms(model.graph, main_opset)
@@ -637,12 +660,21 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
 
             feeds = load_calibration(calibration, model, spec=spec)
 
-    def build(plan_extra_emulation=True):
+    def build(plan_extra_emulation=True, emulate=None):
+        """The converted model for the current plan. Candidates measured in ORT are always emulated
+        (faithful rounding); the final model only for target ort-cpu."""
         m = copy.deepcopy(model)
         rep = ConversionReport(precision, keep_io_types, target, force_norm_fp16)
-        if target == "ort-cpu" and plan_extra_emulation:
+        emulate = (target == "ort-cpu") if emulate is None else emulate
+        saved = dict(planner.plan)
+        if emulate and plan_extra_emulation:
             planner.emulation(m.graph)
+        elif not emulate:
+            planner.plan.update({k: "low" for k, v in planner.plan.items() if v == "emulate"})
         _Rewriter(typer, planner.plan, rep, target).rewrite(m.graph, "", keep_io_types)
+        if not emulate:
+            planner.plan.clear()
+            planner.plan.update(saved)
         return m, rep
 
     measured = {"rounds": 0, "range_fp32": [], "error_fp32": []}
@@ -663,7 +695,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         tol = tolerance if tolerance is not None else 16 * u
         prod = {o: n for n in model.graph.node for o in n.output}
         for rnd in range(max_rounds):
-            cand, _ = build()
+            cand, _ = build(emulate=True)
             got = run_with_values(cand, feeds, [v for v in float_values if v in ref], types_from=cand)
             err = {v: _rel_err(got[v], ref[v]) for v in got}
             culprits = []
@@ -716,6 +748,32 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
     return converted, rep
 
 
+def _fuse_first(model, report):
+    """Fuse decomposed normalizations with ln_deploy.fuse when there are any (and it is installed)."""
+    sites = norms_mod.find_normalizations(model.graph, model=model)
+    if not any(s.form == "decomposed" for s in sites):
+        return model
+    try:
+        from ..fuse import fuse_model
+    except ImportError:
+        report.notes.append("ln_deploy.fuse is not available: decomposed normalizations stay in fp32")
+        return model
+    from ..errors import LnDeployError
+
+    try:
+        fused, frep = fuse_model(model, target="onnx", verify=True)
+    except LnDeployError as e:
+        report.notes.append(f"fusing decomposed normalizations failed ({e}); they stay decomposed, in fp32")
+        return model
+    n = frep.total_fused
+    if n:
+        report.notes.append(f"fused {n} decomposed normalization(s) first (ln_deploy.fuse, target onnx): "
+                            "they run as one op with fp32 statistics")
+        ensure_node_names(fused.graph)
+        return fused
+    return model
+
+
 def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
     """Backstop for the per-node probe: emulate any node the CPU session still refuses."""
     import re
@@ -732,14 +790,36 @@ def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
             return converted, rep
         except Exception as e:
             msg = str(e)
-            m = re.search(r"node with name '([^']*)'", msg) or re.search(r"Node \(([^)]*)\)", msg)
+            m = (re.search(r"node with name '([^']*)'", msg) or re.search(r"in node \(([^)]*)\)", msg)
+                 or re.search(r"Node \(([^)]*)\)", msg))
             name = m.group(1) if m else None
+            if name and "LayerNormFusion" in name:
+                # ORT's own LayerNormFusion fuses a decomposed fp32 norm together with the Cast that
+                # feeds it and then rejects its own mixed-type node: feed the chain an fp32 tensor.
+                if _break_norm_fusion(name.split("/")[0], model, planner):
+                    converted, rep = build(plan_extra_emulation=False)
+                    continue
             key = next((k for k, n in planner.nodes.items() if n.name == name), None) if name else None
             if key is None or planner.plan.get(key) != "low":
                 raise RuntimeError(f"converted model does not load in ONNX Runtime: {msg.splitlines()[0]}") from None
             planner.plan[key] = "emulate"
             converted, rep = build(plan_extra_emulation=False)
     return converted, rep
+
+
+def _break_norm_fusion(node_name, model, planner) -> bool:
+    prod = {o: n for n in model.graph.node for o in n.output}
+    for site in norms_mod.find_normalizations(model.graph, model=model):
+        if node_name in site.nodes:
+            changed = False
+            for x in site.inputs:
+                p = prod.get(x)
+                if p is not None and planner.plan.get(p.name) != "fp32":
+                    planner.set(p.name, "fp32", f"feeds decomposed norm {site.label} in fp32 "
+                                                "(avoids ONNX Runtime's LayerNormFusion type error)")
+                    changed = True
+            return changed
+    return False
 
 
 def _fill_report(rep, model, planner, sites, force, low):
@@ -749,7 +829,7 @@ def _fill_report(rep, model, planner, sites, force, low):
         if d == "fp32":
             rep.fp32_nodes.append({"node": key, "op_type": node.op_type, "module": module_path(node),
                                    "reason": planner.reason.get(key, "")})
-        elif d == "emulate":
+        elif d == "emulate" and rep.target == "ort-cpu":
             rep.emulated_nodes.append({"node": key, "op_type": node.op_type, "module": module_path(node)})
     rep.low_nodes = rep.nodes - len(rep.fp32_nodes)
     lowname = TYPE_NAMES[low]
@@ -769,9 +849,9 @@ def _fill_report(rep, model, planner, sites, force, low):
         rep.notes.append(f"{sum(s.form == 'decomposed' for s in sites)} decomposed normalization(s) kept in fp32; "
                          "fusing first (ln_deploy.fuse) lets them run as one op with fp32 statistics")
     if rep.emulated_nodes:
-        rep.notes.append(f"{len(rep.emulated_nodes)} node(s) have no {lowname} kernel on ORT's CPU provider: they "
-                         f"compute in fp32 between Casts, tensors stay {lowname} (convert with target=tensorrt "
-                         "for the pure typed graph)")
+        rep.notes.append(f"{len(rep.emulated_nodes)} {lowname} node(s) emulated for ORT's CPU provider: fp32 math "
+                         f"between explicit Casts, every tensor rounded to {lowname} (convert with "
+                         "target=tensorrt for the pure typed graph)")
 
 
 def _finish(model, precision, orig) -> None:

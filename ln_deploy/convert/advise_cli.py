@@ -1,0 +1,49 @@
+"""Report the normalizations whose inputs would overflow fp16, and what the conversion does about each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="the fp32 ONNX model")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--inputs", metavar="FILE.npz", help="calibration inputs (one array per input name)")
+    src.add_argument("--spec", metavar="SPEC", help="use this model spec's example inputs")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply float calibration inputs by this (default 1)")
+    p.add_argument("--precision", default="fp16", help="the conversion to judge: fp16 (default) or bf16")
+    p.add_argument("--force-norm-fp16", action="store_true",
+                   help="judge a conversion that computes normalization statistics in fp16")
+    p.add_argument("--report", metavar="R.json", help="write the advice (JSON) here")
+    p.add_argument("--fail-on-overflow", action="store_true",
+                   help="exit 1 when a normalization would overflow under the judged conversion")
+
+
+def run(args) -> int:
+    from .. import progress
+    from ..fileio import check_output_path, write_text_atomic
+    from .advisor import advise
+    from .precision import check_precision
+
+    check_precision(args.precision)
+    if args.report:
+        check_output_path(args.report)
+    with progress.step(f"measuring normalization inputs of {args.model}"):
+        rep = advise(args.model, calibration=args.inputs, spec=args.spec, precision=args.precision,
+                     force_norm_fp16=args.force_norm_fp16, scale=args.scale)
+    print(f"calibration: {rep.calibration}; judged conversion: {rep.precision}"
+          + (" with statistics forced to fp16" if rep.force_norm_fp16 else ""))
+    print(rep.table())
+    at_risk = rep.would_overflow_fp16()
+    if at_risk:
+        print(f"{len(at_risk)} normalization(s) would overflow with fp16 statistics, first: {at_risk[0].label}")
+    if rep.flagged:
+        print(f"OVERFLOW under this conversion: {', '.join(n.label for n in rep.flagged)}")
+    else:
+        print("no normalization overflows under this conversion")
+    for n in rep.notes:
+        print(f"note: {n}")
+    if args.report:
+        write_text_atomic(args.report, json.dumps(rep.to_dict(), indent=2) + "\n")
+    return 1 if (args.fail_on_overflow and rep.flagged) else 0
