@@ -233,11 +233,16 @@ class _Rewriter:
                 if g_attr.type == onnx.AttributeProto.GRAPH:
                     self.rewrite(g_attr.g, f"{scope}{node.name}/", keep_io=True)
             want_in, outs = self.typer.io(node, "low" if decision == "low" else "fp32")
+            low_in = self.typer.io(node, "low")[0] if decision == "emulate" else want_in
             for i, name in enumerate(node.input):
                 w = want_in[i]
                 if w is None or not name:
                     continue
                 have = cur.get(name, orig.get(name))
+                if decision == "emulate" and low_in[i] == low and have != low:
+                    # emulation reads what the engine would: weights rounded to the low type too
+                    name = cast_to(name, low)
+                    have = low
                 if have != w:
                     node.input[i] = cast_to(name, w)
             if decision == "low":
@@ -709,7 +714,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
                     culprits.append((node, e_out, e_in))
             new = []
             for node, e_out, e_in in culprits:
-                if planner.plan.get(node.name) == "low":
+                if planner.plan.get(node.name) in ("low", "emulate"):
                     new.append(node.name)
                     planner.set(node.name, "fp32", f"measured: relative error {e_out:.3g} vs inputs' {e_in:.3g}")
                 else:  # already fp32: the damage was done upstream, by a low-precision producer
