@@ -163,11 +163,13 @@ _REASON = _gpu_and_trt()
 
 
 def _plugin_library():
+    """$LN_DEPLOY_PLUGIN, else plugins/ CMake's output (target ln_deploy_trt_plugin)."""
+    import os
     from pathlib import Path
 
-    for p in (Path("plugins/build/libln_deploy_plugins.so"), Path("plugins/build/libln_deploy_plugin.so")):
-        if p.exists():
-            return p
+    for p in (os.environ.get("LN_DEPLOY_PLUGIN"), "plugins/build/libln_deploy_trt_plugin.so"):
+        if p and Path(p).exists():
+            return Path(p)
     return None
 
 
