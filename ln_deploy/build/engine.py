@@ -52,6 +52,10 @@ class BuildPlan:
     profile: Profile
     plugins: list[PluginLibrary] = field(default_factory=list)
     timing_cache: str | None = None
+    # The engine's I/O as Triton sees it (conversion keeps I/O types, so the ONNX graph's say it):
+    # what `ln-deploy package` reads from the sidecar without TensorRT.
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
 
     def sidecar(self, tensorrt_version: str, gpu: str, built_from: str, extra: dict | None = None) -> dict:
         d = {
@@ -62,6 +66,8 @@ class BuildPlan:
             "typing": self.typing,
             "converted_by_ln_deploy": self.convert_first,
             "onnx": {"path": self.model_path, "sha256": sha256_file(self.model_path), "built_from": built_from},
+            "inputs": self.inputs,
+            "outputs": self.outputs,
             "profiles": [self.profile.to_dict()],
             "plugins": [asdict(p) for p in self.plugins],
             "timing_cache": self.timing_cache,
@@ -140,9 +146,17 @@ def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | 
         if tc.exists() and not tc.is_file():
             raise BadInputError(f"timing cache is not a file: {tc}")
         check_output_path(tc)
+    from ..serve.signature import onnx_signature
+
+    sig = onnx_signature(model)
+
+    def tensors(specs):
+        return [{"name": t.name, "dtype": t.datatype, "shape": list(t.shape)} for t in specs]
+
     return BuildPlan(str(model_path), str(output), gp, want, typing,
                      convert_first=(typing == "strong" and want != gp), profile=profile, plugins=libs,
-                     timing_cache=str(timing_cache) if timing_cache else None)
+                     timing_cache=str(timing_cache) if timing_cache else None,
+                     inputs=tensors(sig.inputs), outputs=tensors(sig.outputs))
 
 
 def gpu_name() -> str:

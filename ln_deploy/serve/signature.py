@@ -212,5 +212,12 @@ def engine_signature(engine_path: str | Path) -> EngineInfo:
                     b = int(rng["max"][0])
                     max_batch = b if max_batch is None else min(max_batch, b)
     plugins = meta.get("plugins") or []
-    plugins = tuple(str(p) for p in plugins) if isinstance(plugins, list) else ()
+    # `ln-deploy build` lists {"path", "sha256", ...} objects; plain names are accepted too.
+    names = []
+    for p in plugins if isinstance(plugins, list) else ():
+        if isinstance(p, dict) and isinstance(p.get("path"), str):
+            names.append(Path(p["path"]).name)
+        elif isinstance(p, str):
+            names.append(p)
+    plugins = tuple(names)
     return EngineInfo(sig, max_batch, plugins)

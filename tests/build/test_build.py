@@ -3,6 +3,7 @@ precision plan) is tested here; the TensorRT builds are marked and skip without 
 
 import importlib.util
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -87,6 +88,28 @@ def test_plan_and_sidecar(exported_bundled, shared_libs, tmp_path):
     assert side["profiles"][0]["x"]["opt"] == [DEFAULT_RANGES["batch"][1], DEFAULT_RANGES["seq"][1], 64]
     assert len(side["onnx"]["sha256"]) == 64
     json.dumps(side)
+
+
+def test_sidecar_is_what_package_reads(exported_bundled, shared_libs, tmp_path):
+    """The engine sidecar `build` writes is enough for `package` to write a Triton repository
+    (TensorRT is absent, so the engine bytes are a placeholder; only the sidecar is read)."""
+    from ln_deploy.serve.repository import package_model
+    from ln_deploy.serve.signature import engine_signature
+
+    _, exported = exported_bundled["pre_ln_encoder"]
+    engine = tmp_path / "e.plan"
+    plan = plan_build(exported.path, engine, plugins=[shared_libs["plugin"]], precision="fp16")
+    engine.write_bytes(b"placeholder")
+    (tmp_path / "e.plan.json").write_text(json.dumps(plan.sidecar("11.0.0", "NVIDIA H200", str(exported.path))))
+    info = engine_signature(engine)
+    assert [t.name for t in info.signature.inputs] == ["x"]
+    assert info.signature.inputs[0].datatype == "FP32" and info.signature.inputs[0].shape == (-1, -1, 64)
+    assert info.max_batch_from_profiles == DEFAULT_RANGES["batch"][2]
+    assert info.plugins == (Path(shared_libs["plugin"]).name,)
+    result = package_model(engine, tmp_path / "repo", "enc", plugin=shared_libs["plugin"])
+    config = (tmp_path / "repo" / "enc" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "TYPE_FP32" in config
+    assert result is not None
 
 
 def test_precision_of_converted_graph(exported_bundled, tmp_path):
