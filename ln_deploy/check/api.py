@@ -269,7 +269,7 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
         for r in deployed:
             report.localisation[r.name] = {"norms": [], "notes": notes}
         return
-    marked = with_extra_outputs(model, [by_key[k].value for k in order])
+    marked, exposed = with_extra_outputs(model, [by_key[k].value for k in order])
     marked_bytes = marked.SerializeToString()
     for runner in deployed:
         if not runner.name.startswith("onnxrt"):
@@ -285,7 +285,7 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
         for key in order:
             call = by_key[key]
             ref = rec.outputs[key]
-            got = outs[call.value]
+            got = outs[exposed[call.value]]
             if got.shape != ref.shape and got.size == ref.size:
                 got = got.reshape(ref.shape)
             passed, stats, checks = evaluate(got, ref, profile, "norm")

@@ -181,7 +181,12 @@ def _subgraph_paths(graph) -> set[str]:
 
 
 def with_extra_outputs(model, values: list[str]):
-    """A copy of ``model`` whose graph also outputs ``values`` (types from shape inference when known)."""
+    """A copy of ``model`` whose graph also outputs ``values`` (types from shape inference when known),
+    and a map from each value to the output name that carries it.
+
+    A bfloat16 value is exposed through a ``Cast`` to fp32 (exact: every bf16 is an fp32) because
+    ONNX Runtime's Python API cannot hand bfloat16 arrays back.
+    """
     import onnx
 
     m = onnx.ModelProto()
@@ -192,11 +197,25 @@ def with_extra_outputs(model, values: list[str]):
         types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     except Exception:
         types = {}
+    taken = existing | {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
+    names = {}
     for v in values:
+        vi = types.get(v)
+        elem = vi.type.tensor_type.elem_type if vi is not None else 0
+        if elem == onnx.TensorProto.BFLOAT16:
+            name = v + "__ln_deploy_fp32"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            m.graph.node.append(onnx.helper.make_node("Cast", [v], [name], to=onnx.TensorProto.FLOAT,
+                                                      name=name + "_cast"))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            names[v] = name
+            continue
+        names[v] = v
         if v in existing:
             continue
-        vi = types.get(v)
-        if vi is not None and vi.type.tensor_type.elem_type:
+        if elem:
             out = onnx.ValueInfoProto()
             out.CopyFrom(vi)
             # Shapes from inference can carry symbolic dims that disagree with runtime; keep only the type.
@@ -204,4 +223,4 @@ def with_extra_outputs(model, values: list[str]):
         else:
             out = onnx.helper.make_empty_tensor_value_info(v)
         m.graph.output.append(out)
-    return m
+    return m, names
