@@ -14,6 +14,18 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+@contextlib.contextmanager
+def quieted(enabled: bool = True):
+    """Silence progress inside a block (a caller that prints its own, coarser progress)."""
+    global _quiet
+    before = _quiet
+    _quiet = before or enabled
+    try:
+        yield
+    finally:
+        _quiet = before
+
+
 def info(msg: str) -> None:
     if not _quiet:
         print(msg, file=sys.stderr, flush=True)
