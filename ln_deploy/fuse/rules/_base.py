@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from .._common import Applied, ctx, node_label
+from .._common import INTERNAL_DOMAIN, Applied, ctx, node_label
+from . import _fragments as F
 
 
 class FusionRule(pattern.RewriteRuleClassBase):
@@ -51,3 +52,30 @@ def _graph_order(context):
     nodes = set(context.nodes)
     order = {n: i for i, n in enumerate(context.graph_or_function)} if len(nodes) > 1 else {}
     return sorted(nodes, key=lambda n: order.get(n, 0))
+
+
+class StatisticFusion(FusionRule):
+    """A LayerNorm or RMSNorm spelled out in primitive ops → one internal ``Norm`` of ``kind``.
+
+    Subclasses give the ``pattern`` and an ``analyse`` returning ``((input, axes), reason)``.
+    """
+
+    kind: str
+
+    def __init__(self, family: str, form: str):
+        super().__init__(f"{family}[{form}]")
+        self.form = form
+
+    def analyse(self, **bindings):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def reason(self, context, **bindings):
+        return self.analyse(**bindings)[1]
+
+    def rewrite(self, op, eps, scale_pre=None, **bindings):
+        (xc, axes), _ = self.analyse(eps=eps, scale_pre=scale_pre, **bindings)
+        inputs = [xc] if scale_pre is None else [xc, scale_pre]
+        out = op.Norm(*inputs, _domain=INTERNAL_DOMAIN, kind=self.kind, axes=list(axes),
+                      epsilon=F.eps_value(eps))
+        out.dtype, out.shape = xc.dtype, xc.shape
+        return out

@@ -13,15 +13,16 @@ decides how the target expresses them.
 
 from __future__ import annotations
 
-from .._common import INTERNAL_DOMAIN, KIND_LN, rank, reduce_axes
+from .._common import KIND_LN, rank, reduce_axes
 from . import _fragments as F
-from ._base import FusionRule
+from ._base import StatisticFusion
 
 
-class LayerNormFusion(FusionRule):
+class LayerNormFusion(StatisticFusion):
+    kind = KIND_LN
+
     def __init__(self, form: str):
-        super().__init__(f"LayerNorm[{form}]")
-        self.form = form
+        super().__init__("LayerNorm", form)
 
     def pattern(self, op, x, eps):
         xc = F.maybe_cast(op, x)
@@ -44,17 +45,6 @@ class LayerNormFusion(FusionRule):
         why = (F.epsilon_reason(eps) or F.scale_pre_reason(scale_pre, xc, axes)
                or F.target_reason("LayerNormalization", xc, axes))
         return (xc, axes), why
-
-    def reason(self, context, **b):
-        return self.analyse(**b)[1]
-
-    def rewrite(self, op, eps, scale_pre=None, **b):
-        (xc, axes), _ = self.analyse(eps=eps, scale_pre=scale_pre, **b)
-        inputs = [xc] if scale_pre is None else [xc, scale_pre]
-        out = op.Norm(*inputs, _domain=INTERNAL_DOMAIN, kind=KIND_LN, axes=list(axes),
-                      epsilon=F.eps_value(eps))
-        out.dtype, out.shape = xc.dtype, xc.shape
-        return out
 
 
 rules = [LayerNormFusion.rule("div"), LayerNormFusion.rule("mul")]

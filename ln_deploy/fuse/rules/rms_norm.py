@@ -11,15 +11,16 @@ and the more specific fusion must win.
 
 from __future__ import annotations
 
-from .._common import INTERNAL_DOMAIN, KIND_RMS
+from .._common import KIND_RMS
 from . import _fragments as F
-from ._base import FusionRule
+from ._base import StatisticFusion
 
 
-class RMSNormFusion(FusionRule):
+class RMSNormFusion(StatisticFusion):
+    kind = KIND_RMS
+
     def __init__(self, form: str):
-        super().__init__(f"RMSNorm[{form}]")
-        self.form = form
+        super().__init__("RMSNorm", form)
 
     def pattern(self, op, x, eps):
         xc = F.maybe_cast(op, x)
@@ -37,17 +38,6 @@ class RMSNormFusion(FusionRule):
         why = (F.epsilon_reason(eps) or F.scale_pre_reason(scale_pre, xc, axes)
                or F.target_reason("RMSNormalization", xc, axes))
         return (xc, axes), why
-
-    def reason(self, context, **b):
-        return self.analyse(**b)[1]
-
-    def rewrite(self, op, eps, scale_pre=None, **b):
-        (xc, axes), _ = self.analyse(eps=eps, scale_pre=scale_pre, **b)
-        inputs = [xc] if scale_pre is None else [xc, scale_pre]
-        out = op.Norm(*inputs, _domain=INTERNAL_DOMAIN, kind=KIND_RMS, axes=list(axes),
-                      epsilon=F.eps_value(eps))
-        out.dtype, out.shape = xc.dtype, xc.shape
-        return out
 
 
 rules = [RMSNormFusion.rule("div"), RMSNormFusion.rule("mul")]
