@@ -1,8 +1,8 @@
 """The one definition of ln_deploy's TensorRT plugins, shared by the fusion pass and the C++ plugin.
 
-The fusion pass's ``tensorrt`` target writes ONNX nodes from this table (op_type = plugin name,
-``plugin_version``/``plugin_namespace`` attributes, one attribute per field) so TensorRT's ONNX
-parser imports them through its plugin fallback. ``plugins/`` includes a C++ header generated
+The fusion pass's ``tensorrt`` target writes ONNX nodes from this table (op_type = plugin name in
+the ``trt.plugins`` domain, ``plugin_version``/``plugin_namespace`` attributes, one attribute per
+field) so TensorRT's ONNX parser imports them through its plugin fallback. ``plugins/`` includes a C++ header generated
 from this table (``python -m ln_deploy.plugin_spec --header``); a test fails when they differ.
 """
 
@@ -12,6 +12,18 @@ from dataclasses import dataclass
 
 NAMESPACE = ""  # TensorRT's ONNX parser looks plugins up in this namespace by default
 VERSION = "1"
+# The ONNX domain of plugin nodes. TensorRT's parser dispatches on op_type alone, so any domain
+# reaches its plugin fallback; "trt.plugins" is the one ONNX Runtime's TensorRT provider gives
+# TensorRT plugins, and a declared custom domain keeps the model valid for the ONNX checker
+# (unknown ops in the default domain are not).
+DOMAIN = "trt.plugins"
+DOMAIN_VERSION = 1
+
+
+def is_plugin_node(node) -> bool:
+    """An ln_deploy plugin node (``onnx.NodeProto`` or ``onnx_ir.Node``); the default domain is
+    accepted too (models fused by ln_deploy 0.1 before the domain was set)."""
+    return node.op_type in (NORM.name, SKIP_NORM.name) and node.domain in (DOMAIN, "")
 
 # Normalization kinds, the value of the ``kind`` field.
 KIND_LAYER_NORM = 0

@@ -122,6 +122,24 @@ def graph_precision(model) -> str:
     return "fp32"
 
 
+def plugin_ops(model) -> list[str]:
+    """op_types of the ln_deploy plugin nodes in ``model``, subgraphs included."""
+    from ..plugin_spec import is_plugin_node
+
+    found = []
+
+    def walk(graph):
+        for n in graph.node:
+            if is_plugin_node(n):
+                found.append(n.op_type)
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(model.graph)
+    return found
+
+
 def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | None = None,
                timing_cache=None, typing: str = "strong") -> BuildPlan:
     """Validate every input and decide the build, without TensorRT."""
@@ -133,6 +151,10 @@ def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | 
     overrides = parse_shape_specs(shapes)
     profile = derive_profile(model, overrides)
     libs = [check_plugin_library(p) for p in plugins or ()]
+    needed = plugin_ops(model)
+    if needed and not libs:
+        raise BadInputError(f"{model_path} holds {len(needed)} ln_deploy plugin node(s) ({', '.join(sorted(set(needed)))}): "
+                            "pass --plugin PATH/libln_deploy_trt_plugin.so (bash scripts/build_plugins.sh builds it)")
     gp = graph_precision(model)
     want = precision or gp
     if gp != "fp32" and want != gp:

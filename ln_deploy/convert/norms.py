@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..plugin_spec import KIND_RMS_NORM, NORM, SKIP_NORM
+from ..plugin_spec import KIND_RMS_NORM, NORM, SKIP_NORM, is_plugin_node
 from .graph import constant_value, consumers, get_attr, module_path, opset_version, producers
 
 FUSED_NORM_OPS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
                   "SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
-PLUGIN_OPS = (NORM.name, SKIP_NORM.name)
 _REDUCE = ("ReduceMean", "ReduceSum")
 
 
@@ -73,7 +72,7 @@ def find_normalizations(graph, opset: int | None = None, model=None) -> list[Nor
             inputs = (node.input[0], node.input[1]) if node.op_type.startswith("Skip") else (node.input[0],)
             sites.append(NormSite(node.name, module_path(node), kind, "fused", node.op_type, inputs,
                                   _trailing_axes(axis), [node.name], node.output[0]))
-        elif node.op_type in PLUGIN_OPS:
+        elif is_plugin_node(node):
             k = get_attr(node, "kind", 0)
             nd = get_attr(node, "num_normalized_dims", 1)
             inputs = (node.input[0], node.input[1]) if node.op_type == SKIP_NORM.name else (node.input[0],)

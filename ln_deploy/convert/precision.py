@@ -24,6 +24,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import plugin_spec
 from ..errors import BadInputError
 from . import norms as norms_mod
 from .graph import (BFLOAT16, DOUBLE, FLOAT, FLOAT16, TYPE_NAMES, ensure_node_names, get_attr, infer_types,
@@ -118,7 +119,7 @@ _TYPE_STR = {FLOAT16: "tensor(float16)", BFLOAT16: "tensor(bfloat16)", FLOAT: "t
 
 
 def is_plugin(node) -> bool:
-    return node.op_type in norms_mod.PLUGIN_OPS
+    return plugin_spec.is_plugin_node(node)
 
 
 class _Typer:

@@ -29,6 +29,8 @@ def lower(model: ir.Model, target: str) -> Counter:
     for graph in [model.graph, *model.graph.subgraphs()]:
         _lower_graph(graph, target, counts)
     model.graph.opset_imports.pop(INTERNAL_DOMAIN, None)
+    if target == "tensorrt" and counts:
+        model.graph.opset_imports.setdefault(plugin_spec.DOMAIN, plugin_spec.DOMAIN_VERSION)
     return counts
 
 
@@ -123,7 +125,8 @@ def plugin_node(spec: plugin_spec.PluginDef, inputs, fields: dict, name: str, nu
     for f in spec.fields:
         v = fields.get(f.name, f.default)
         attrs[f.name] = float(v) if f.type == "float32" else int(v)
-    return ir.node(spec.name, list(inputs), attributes=attrs, num_outputs=num_outputs, name=name)
+    return ir.node(spec.name, list(inputs), attributes=attrs, num_outputs=num_outputs, name=name,
+                   domain=plugin_spec.DOMAIN)
 
 
 def _residual(x: ir.Value):

@@ -40,7 +40,7 @@ def expand_plugins(model: ir.Model) -> int:
 def _expand_graph(graph: ir.Graph, opset: int) -> int:
     count = 0
     for node in list(graph):
-        if node.domain != "" or node.op_type not in (plugin_spec.NORM.name, plugin_spec.SKIP_NORM.name):
+        if not plugin_spec.is_plugin_node(node):
             continue
         f = {k: v.value for k, v in node.attributes.items()}
         skip = node.op_type == plugin_spec.SKIP_NORM.name

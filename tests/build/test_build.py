@@ -77,6 +77,27 @@ def test_plugin_library_checks(shared_libs, tmp_path):
         check_plugin_library(bad)
 
 
+def test_tensorrt_fused_model_is_valid_onnx_and_needs_the_plugin(exported_bundled, shared_libs, tmp_path):
+    """`fuse --target tensorrt` output passes the ONNX checker (plugin ops in the trt.plugins domain)
+    and the build refuses it without the plugin library, naming the plugin ops."""
+    from ln_deploy import plugin_spec
+    from ln_deploy.fuse import fuse_model
+
+    _, exported = exported_bundled["pre_ln_encoder"]
+    fused, _ = fuse_model(exported.path, target="tensorrt")
+    path = tmp_path / "trt.onnx"
+    onnx.save(fused, path)
+    onnx.checker.check_model(onnx.load(path))
+    ops = {(n.domain, n.op_type) for n in fused.graph.node if n.op_type.startswith("LnDeploy")}
+    assert ops == {(plugin_spec.DOMAIN, "LnDeployNorm"), (plugin_spec.DOMAIN, "LnDeploySkipNorm")}
+    with pytest.raises(BadInputError, match="LnDeployNorm, LnDeploySkipNorm.*--plugin"):
+        plan_build(path, tmp_path / "e.plan")
+    plan = plan_build(path, tmp_path / "e.plan", plugins=[shared_libs["plugin"]])
+    assert plan.inputs[0]["name"] == "x"
+    r = _cli("build", str(path), "-o", str(tmp_path / "e.plan"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--plugin" in r.stderr
+
+
 def test_plan_and_sidecar(exported_bundled, shared_libs, tmp_path):
     _, exported = exported_bundled["pre_ln_encoder"]
     plan = plan_build(exported.path, tmp_path / "e.plan", plugins=[shared_libs["plugin"]], precision="fp16",

@@ -38,7 +38,7 @@ def test_plugin_node_attributes_follow_plugin_spec():
     fused, _ = fuse_checked(LAYER_NORM_SPELLINGS["pow_div_sqrt"](20), "tensorrt")
     (node,) = fused.graph.node
     attrs = {a.name: a for a in node.attribute}
-    assert node.op_type == plugin_spec.NORM.name and node.domain == ""
+    assert node.op_type == plugin_spec.NORM.name and node.domain == plugin_spec.DOMAIN
     assert onnx.helper.get_attribute_value(attrs["plugin_version"]).decode() == plugin_spec.VERSION
     assert onnx.helper.get_attribute_value(attrs["plugin_namespace"]).decode() == plugin_spec.NAMESPACE
     for f in plugin_spec.NORM.fields:
