@@ -258,7 +258,10 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
     with ref_runner:
         with NormRecorder(ref_runner.module) as rec:
             timer.run(ref_runner.name, "localise", ref_runner.infer, feed, check_inputs=False)
-    calls, notes = find_norm_calls(model, paths)
+    counts: dict[str, int] = {}
+    for k in rec.outputs:
+        counts[k.partition("#")[0]] = counts.get(k.partition("#")[0], 0) + 1
+    calls, notes = find_norm_calls(model, paths, counts)
     by_key = {c.key: c for c in calls}
     order = [k for k in rec.outputs if k in by_key]  # PyTorch finishing order
     unmatched = [k for k in rec.outputs if k not in by_key]
@@ -269,7 +272,7 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
         for r in deployed:
             report.localisation[r.name] = {"norms": [], "notes": notes}
         return
-    marked, exposed = with_extra_outputs(model, [by_key[k].value for k in order])
+    marked, exposed = with_extra_outputs(model, [by_key[k].exposed for k in order])
     marked_bytes = marked.SerializeToString()
     for runner in deployed:
         if not runner.name.startswith("onnxrt"):
@@ -278,25 +281,48 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
                                        "so the ONNX Runtime localisation stands for the graph"]}
             continue
         provider = "CUDAExecutionProvider" if runner.name.endswith("cuda") else "CPUExecutionProvider"
-        sess = timer.run(runner.name, "localise", make_onnxrt_session, marked_bytes, provider, threads)
-        with OnnxrtRunner(sess, name=runner.name + "-marked") as r:
-            outs = timer.run(runner.name, "localise", r.infer, feed)
+        try:
+            sess = timer.run(runner.name, "localise", make_onnxrt_session, marked_bytes, provider, threads)
+            with OnnxrtRunner(sess, name=runner.name + "-marked") as r:
+                outs = timer.run(runner.name, "localise", r.infer, feed)
+        except Exception as e:  # e.g. a loop body value whose shape varies per iteration cannot be stacked
+            if not any(by_key[k].loops for k in order):
+                raise
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            report.localisation[runner.name] = {"norms": [], "notes": notes + [
+                f"not localised: the copy exposing the normalization outputs (Scan/Loop body values included) "
+                f"failed to run: {msg}"]}
+            continue
         norms = []
+        run_notes = list(notes)
         for key in order:
             call = by_key[key]
             ref = rec.outputs[key]
-            got = outs[exposed[call.value]]
+            got = outs[exposed[call.exposed]]
+            where = {}
+            if call.loops:
+                # The stacked scan output: one leading axis per enclosing loop, flattened in iteration order.
+                got = got.reshape((-1,) + got.shape[len(call.loops):])
+                if got.shape[0] != call.iterations:
+                    msg = (f"{call.path}: the ONNX loop {' > '.join(call.loop_names)} ran {got.shape[0]} iteration(s) "
+                           f"but PyTorch's calls imply {call.iterations}: not compared")
+                    if msg not in run_notes:
+                        run_notes.append(msg)
+                    continue
+                got = got[call.iteration]
+                where = {"onnx_loop": list(call.loop_names), "iteration": call.iteration}
             if got.shape != ref.shape and got.size == ref.size:
                 got = got.reshape(ref.shape)
             passed, stats, checks = evaluate(got, ref, profile, "norm")
             norms.append({"key": key, "module_path": call.path, "call": int(key.partition("#")[2] or 0),
-                          "module_class": rec.classes.get(call.path, "?"), "onnx_value": call.value,
+                          "module_class": rec.classes.get(call.path, "?"), "onnx_value": call.value, **where,
                           "onnx_ops": call.op_types, "passed": passed, "stats": stats, "checks": checks})
-        report.localisation[runner.name] = {"norms": norms, "notes": notes}
+        report.localisation[runner.name] = {"norms": norms, "notes": run_notes}
         first = next((n for n in norms if not n["passed"]), None)
         if first is not None and report.first_divergence is None:
             report.first_divergence = {"runner": runner.name, **{k: first[k] for k in (
-                "module_path", "call", "module_class", "onnx_value", "stats", "checks")}}
+                "module_path", "call", "module_class", "onnx_value", "onnx_loop", "iteration", "stats", "checks")
+                if k in first}}
 
 
 def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer, batch_size):

@@ -10,6 +10,12 @@ output. The module path comes from the metadata the dynamo exporter writes on ev
 module form a run of consecutive nodes carrying that path; the call's output is the value produced in the
 run and consumed outside it (or a graph output). Calls are matched by module path and call index.
 
+Inside a Scan/Loop body (a recurrent model exported in scan mode) the body's value is made an extra scan
+output, so the copy returns it for every iteration (stacked along a new leading axis per enclosing
+loop). With k calls of a module per iteration (found in the body as above), PyTorch's call i is the
+body's call ``i % k`` in iteration ``i // k``; the body's module paths may carry a prefix (``model.``: the
+scan export traces a wrapper holding the model as ``model``), found by ``scope_prefix``.
+
 Which modules are normalizations: instances of torch's normalization classes (LayerNorm, RMSNorm,
 GroupNorm, LocalResponseNorm, the BatchNorm and InstanceNorm families), and any module whose class name
 ends with ``Norm``, ``Norm1d/2d/3d`` or ``Normalization`` (``HandLayerNorm``, ``LlamaRMSNorm``,
@@ -98,91 +104,241 @@ def node_module_path(node) -> list[str] | None:
     return None
 
 
+LOOP_OPS = ("Scan", "Loop")
+
+
+def subgraphs(node):
+    """The graphs held by ``node``'s attributes (a Scan/Loop body, an If's branches), with attribute names."""
+    import onnx
+
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.name, a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for g in a.graphs:
+                yield a.name, g
+
+
+@dataclass(frozen=True)
+class BodyValue:
+    """A value computed inside a loop body. ``loops`` leads from the top-level graph to the body:
+    ``((node index, attribute name), ...)``, outermost loop first (a nested Scan adds a second pair)."""
+
+    loops: tuple
+    value: str
+
+
 @dataclass
 class OnnxNormCall:
     key: str  # call key: module path, "#i" for the i-th call after the first
     path: str
-    value: str  # the ONNX value holding the call's output
+    value: str  # the ONNX value holding the call's output (in the loop body for a call inside a loop)
     op_types: list[str]
+    loops: tuple = ()  # for a call inside a Scan/Loop body: BodyValue.loops
+    loop_names: tuple = ()  # the names of those Scan/Loop nodes, outermost first
+    iteration: int | None = None  # inside a loop: the iteration (nested loops flattened, row-major)
+    iterations: int | None = None  # inside a loop: how many iterations PyTorch's call count implies
+
+    @property
+    def exposed(self):
+        """What ``with_extra_outputs`` takes to expose this call's value."""
+        return BodyValue(self.loops, self.value) if self.loops else self.value
 
 
-def find_norm_calls(model, paths) -> tuple[list[OnnxNormCall], list[str]]:
-    """Locate each normalization call's output value in the top-level graph.
+def _consumers(graph) -> dict[str, list[int]]:
+    """value -> indices of the nodes reading it (a node whose subgraphs capture the value counts)."""
+    out: dict[str, list[int]] = {}
 
-    Returns the calls found and notes on what could not be found (e.g. norms inside Scan/Loop bodies)."""
-    graph = model.graph
-    consumers: dict[str, list[int]] = {}
+    def captured(g):
+        names = set()
+        for n in g.node:
+            names.update(n.input)
+            for _, sub in subgraphs(n):
+                names |= captured(sub)
+        return names
+
     for idx, node in enumerate(graph.node):
-        for name in node.input:
-            consumers.setdefault(name, []).append(idx)
-        for attr in node.attribute:  # values captured by subgraphs (Scan/Loop/If bodies)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for n in sub.node:
-                    for name in n.input:
-                        consumers.setdefault(name, []).append(idx)
+        names = set(node.input)
+        for _, sub in subgraphs(node):
+            names |= captured(sub)
+        for name in names:
+            out.setdefault(name, []).append(idx)
+    return out
+
+
+def _graph_runs(graph, paths, prefix="") -> "OrderedDict[str, list[tuple[str, list[str]]]]":
+    """For each module path: its calls in ``graph`` (not its subgraphs), in node order, as
+    (output value, op types). A call is a run of consecutive nodes whose scopes include ``prefix + path``
+    (nodes without metadata neither join nor break a run); its output is the last value produced in the
+    run and read outside it (or a graph output)."""
+    consumers = _consumers(graph)
     graph_outputs = {o.name for o in graph.output}
     scopes = [node_module_path(n) for n in graph.node]
-    notes = []
-    subgraph_paths = _subgraph_paths(graph)
-    in_subgraph = [p for p in paths if any(s == p or s.endswith("." + p) for s in subgraph_paths)]
-    if in_subgraph:
-        notes.append(f"{len(in_subgraph)} normalization(s) live inside a Scan/Loop body (e.g. {in_subgraph[0]}; a "
-                     "recurrent model exported in scan mode): they are not localisable from the top-level graph; "
-                     "export with --rnn-mode unroll to localise them")
-    if all(s is None for s in scopes):
-        if not in_subgraph:
-            notes.append("the ONNX model carries no module-path metadata (not a dynamo export, or a pass "
-                         "dropped it): normalizations cannot be aligned")
-        return [], notes
-    calls: list[OnnxNormCall] = []
+    found: "OrderedDict[str, list]" = OrderedDict()
     for path in paths:
+        full = prefix + path
         runs: list[list[int]] = []
         current: list[int] = []
         for idx, s in enumerate(scopes):
-            inside = s is not None and path in s
-            if inside:
+            if s is not None and full in s:
                 current.append(idx)
-            elif s is not None and current:  # nodes without metadata (folded constants) do not break a run
+            elif s is not None and current:
                 runs.append(current)
                 current = []
         if current:
             runs.append(current)
-        if not runs:
-            continue
-        for i, run in enumerate(runs):
+        calls = []
+        for run in runs:
             members = set(run)
-            produced = []
-            for idx in run:
-                for out in graph.node[idx].output:
-                    if not out:
-                        continue
-                    users = consumers.get(out, [])
-                    if out in graph_outputs or any(u not in members for u in users):
-                        produced.append((idx, out))
-            if not produced:
-                continue
-            idx, value = produced[-1]
-            calls.append(OnnxNormCall(call_key(path, i), path, value,
-                                      sorted({graph.node[j].op_type for j in run})))
-    return calls, notes
-
-
-def _subgraph_paths(graph) -> set[str]:
-    found = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for n in sub.node:
-                    s = node_module_path(n)
-                    if s:
-                        found.update(s)
-                found |= _subgraph_paths(sub)
+            produced = [out for idx in run for out in graph.node[idx].output
+                        if out and (out in graph_outputs or any(u not in members for u in consumers.get(out, [])))]
+            if produced:
+                calls.append((produced[-1], sorted({graph.node[j].op_type for j in run})))
+        if calls:
+            found[path] = calls
     return found
 
 
-def with_extra_outputs(model, values: list[str]):
+def _bodies(graph, loops=(), names=()):
+    """(loops, loop node names, body graph) for every Scan/Loop body, nested ones included; and
+    (label, graph) for the other subgraphs (If branches) met on the way."""
+    bodies, others = [], []
+    for i, node in enumerate(graph.node):
+        label = node.name or f"{node.op_type}_{i}"
+        for attr, sub in subgraphs(node):
+            if node.op_type in LOOP_OPS:
+                here = (loops + ((i, attr),), names + (label,))
+                bodies.append((*here, sub))
+                b, o = _bodies(sub, *here)
+                bodies += b
+                others += o
+            else:
+                others.append((f"{node.op_type} {label}", sub))
+    return bodies, others
+
+
+def _all_scope_paths(graph) -> set[str]:
+    found = set()
+    for n in graph.node:
+        found.update(node_module_path(n) or [])
+        for _, sub in subgraphs(n):
+            found |= _all_scope_paths(sub)
+    return found
+
+
+def scope_prefix(graph, paths) -> str:
+    """The prefix the module paths in ``graph`` (a loop body, nested graphs included) carry relative to
+    the PyTorch model's own paths: ``"model."`` for ln_deploy's scan export (the step is exported from a
+    wrapper module holding the model as ``model``), ``""`` when the body was exported from the model
+    itself. Chosen as the prefix under which the most of ``paths`` appear (ties: the shortest)."""
+    scopes = _all_scope_paths(graph)
+    votes: dict[str, set[str]] = {}
+    for p in paths:
+        for s in scopes:
+            if s == p or s.endswith("." + p):
+                votes.setdefault(s[: len(s) - len(p)], set()).add(p)
+    if not votes:
+        return ""
+    return max(votes, key=lambda pre: (len(votes[pre]), -len(pre)))
+
+
+def find_norm_calls(model, paths, counts=None) -> tuple[list[OnnxNormCall], list[str]]:
+    """Locate each normalization call's output value: in the top-level graph, and in Scan/Loop bodies.
+
+    ``counts`` (module path -> number of calls PyTorch made, e.g. from ``NormRecorder``) is needed for
+    normalizations inside a loop body: a body run by T iterations with k calls of a module per iteration
+    stands for PyTorch calls 0..T·k-1, call i being the body's call ``i % k`` in iteration ``i // k``.
+
+    Returns the calls found and notes on what could not be aligned."""
+    graph = model.graph
+    notes: list[str] = []
+    top = _graph_runs(graph, paths) if any(node_module_path(n) is not None for n in graph.node) else {}
+    calls = [OnnxNormCall(call_key(p, i), p, value, ops) for p, runs in top.items()
+             for i, (value, ops) in enumerate(runs)]
+
+    bodies, others = _bodies(graph)
+    branches = sorted({label for label, sub in others
+                       if any(s == p or s.endswith("." + p) for s in _all_scope_paths(sub) for p in paths)})
+    if branches:
+        notes.append(f"normalizations inside an If branch ({', '.join(branches[:3])}; not a loop) are not localised")
+    prefixes: dict[int, str] = {}
+    in_body: dict[str, list] = {}  # path -> [(loops, names, runs)] for every body holding it
+    for loops, names, body in bodies:
+        top_idx = loops[0][0]
+        if top_idx not in prefixes:
+            prefixes[top_idx] = scope_prefix(next(sub for _, sub in subgraphs(graph.node[top_idx])), paths)
+        for path, runs in _graph_runs(body, paths, prefixes[top_idx]).items():
+            in_body.setdefault(path, []).append((loops, names, runs))
+    skipped = []
+    for path, places in in_body.items():
+        if path in top or len(places) > 1:
+            skipped.append(path)
+            continue
+        loops, names, runs = places[0]
+        if counts is None:
+            skipped.append(path)
+            continue
+        n, k = counts.get(path, 0), len(runs)
+        if n == 0:
+            continue
+        if n % k:
+            notes.append(f"{path}: PyTorch called it {n} times, not a multiple of its {k} call(s) per iteration of "
+                         f"{' > '.join(names)}: not aligned")
+            continue
+        for i in range(n):
+            t, j = divmod(i, k)
+            value, ops = runs[j]
+            calls.append(OnnxNormCall(call_key(path, i), path, value, ops, loops, names, t, n // k))
+    mixed = {p for p in skipped if p in top}
+    if mixed:  # PyTorch's call indices interleave both places: neither can be aligned by index alone
+        calls = [c for c in calls if c.path not in mixed]
+    if skipped:
+        why = ("PyTorch call counts were not given" if counts is None else
+               "the module is called both inside and outside the loop body, or in several bodies")
+        notes.append(f"{len(skipped)} normalization(s) inside a Scan/Loop body not aligned ({why}), e.g. {skipped[0]}")
+    if not calls and not any(_all_scope_paths(graph)):
+        notes.append("the ONNX model carries no module-path metadata (not a dynamo export, or a pass "
+                     "dropped it): normalizations cannot be aligned")
+    return calls, notes
+
+
+def _all_names(graph) -> set[str]:
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    for n in graph.node:
+        names.update(n.output)
+        names.update(n.input)
+        for _, sub in subgraphs(n):
+            names |= _all_names(sub)
+    return names
+
+
+def _types(graph) -> dict:
+    if graph is None:
+        return {}
+    out = {vi.name: vi for vi in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    return out
+
+
+def _fresh(base: str, taken: set) -> str:
+    name = base
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _attr_graph(node, attr_name):
+    return next(a.g for a in node.attribute if a.name == attr_name)
+
+
+def with_extra_outputs(model, values: list):
     """A copy of ``model`` whose graph also outputs ``values`` (types from shape inference when known),
     and a map from each value to the output name that carries it.
+
+    A value is a top-level value name, or a ``BodyValue`` inside a Scan/Loop body: the body gets it as an
+    extra scan output (a Scan's new output is stacked along axis 0, forward), each enclosing loop node an
+    extra output, and the outermost one's becomes a graph output holding the value of every iteration,
+    ``[iterations of the outer loop, of the inner loop..., *value shape]``.
 
     A bfloat16 value is exposed through a ``Cast`` to fp32 (exact: every bf16 is an fp32) because
     ONNX Runtime's Python API cannot hand bfloat16 arrays back.
@@ -194,19 +350,21 @@ def with_extra_outputs(model, values: list[str]):
     existing = {o.name for o in m.graph.output}
     try:
         inferred = onnx.shape_inference.infer_shapes(m)
-        types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     except Exception:
-        types = {}
-    taken = existing | {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
+        inferred = None
+    types = _types(inferred.graph if inferred is not None else None)
+    taken = _all_names(m.graph)
     names = {}
     for v in values:
+        if v in names:
+            continue
+        if isinstance(v, BodyValue):
+            names[v] = _expose_body_value(m, inferred, v, taken)
+            continue
         vi = types.get(v)
         elem = vi.type.tensor_type.elem_type if vi is not None else 0
         if elem == onnx.TensorProto.BFLOAT16:
-            name = v + "__ln_deploy_fp32"
-            while name in taken:
-                name += "_"
-            taken.add(name)
+            name = _fresh(v + "__ln_deploy_fp32", taken)
             m.graph.node.append(onnx.helper.make_node("Cast", [v], [name], to=onnx.TensorProto.FLOAT,
                                                       name=name + "_cast"))
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
@@ -223,4 +381,48 @@ def with_extra_outputs(model, values: list[str]):
         else:
             out = onnx.helper.make_empty_tensor_value_info(v)
         m.graph.output.append(out)
+        existing.add(v)
     return m, names
+
+
+def _expose_body_value(m, inferred, bv: BodyValue, taken: set) -> str:
+    import onnx
+
+    graphs, nodes = [m.graph], []
+    inf = inferred.graph if inferred is not None else None
+    for idx, attr in bv.loops:
+        node = graphs[-1].node[idx]
+        if node.op_type not in LOOP_OPS:
+            raise ValueError(f"{bv}: node {idx} is a {node.op_type}, not a Scan/Loop")
+        nodes.append(node)
+        graphs.append(_attr_graph(node, attr))
+        inf = _attr_graph(inf.node[idx], attr) if inf is not None else None
+    body = graphs[-1]
+    vi = _types(inf).get(bv.value)
+    elem = vi.type.tensor_type.elem_type if vi is not None else 0
+    # A fresh name (the value may already be a body output, e.g. a recurrent state): Identity, or a Cast
+    # to fp32 for bfloat16.
+    cur = _fresh(bv.value + "__ln_deploy_iter", taken)
+    if elem == onnx.TensorProto.BFLOAT16:
+        body.node.append(onnx.helper.make_node("Cast", [bv.value], [cur], to=onnx.TensorProto.FLOAT,
+                                               name=cur + "_cast"))
+        elem = onnx.TensorProto.FLOAT
+    else:
+        body.node.append(onnx.helper.make_node("Identity", [bv.value], [cur], name=cur + "_identity"))
+
+    def info(name):
+        return (onnx.helper.make_tensor_value_info(name, elem, None) if elem
+                else onnx.helper.make_empty_tensor_value_info(name))
+
+    body.output.append(info(cur))
+    for level in reversed(range(len(nodes))):
+        node = nodes[level]
+        out = _fresh(f"{bv.value}__ln_deploy_{node.op_type.lower()}{level}", taken)
+        node.output.append(out)
+        if node.op_type == "Scan":  # a new scan output: stacked along axis 0, in iteration order
+            for a in node.attribute:
+                if a.name in ("scan_output_axes", "scan_output_directions"):
+                    a.ints.append(0)
+        graphs[level].output.append(info(out))  # the enclosing body's scan output, or a graph output
+        cur = out
+    return cur

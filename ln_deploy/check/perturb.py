@@ -3,12 +3,17 @@ who want to see what ``ln-deploy check`` reports when a deployment goes wrong).
 
 Select the normalization by PyTorch module path (from the exporter's node metadata), e.g.
 ``perturb_epsilon(model, "blocks.1.norm2", 0.1)``. Both helpers return a modified copy.
+
+A normalization that is not in the top-level graph is looked for in Scan/Loop bodies (nested ones too),
+where module paths may carry a prefix (``model.`` in ln_deploy's scan export, see
+``localise.scope_prefix``). A body is shared by every iteration, so the damage applies to every step of
+the loop, and ``call`` counts the module's calls within one iteration.
 """
 
 from __future__ import annotations
 
 from ..errors import BadInputError
-from .localise import node_module_path
+from .localise import node_module_path, scope_prefix
 
 _NORM_OPS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
              "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "LnDeployNorm", "LnDeploySkipNorm")
@@ -22,12 +27,38 @@ def _copy(model):
     return m
 
 
-def _nodes_of(model, module_path: str):
+def _locate(model, module_path: str):
+    """(graph, nodes): the graph holding ``module_path``'s nodes (the top level, else the first Scan/Loop
+    body, depth first, that holds them) and those nodes in graph order."""
+    from .localise import LOOP_OPS, subgraphs
+
     nodes = [n for n in model.graph.node if module_path in (node_module_path(n) or [])]
-    if not nodes:
-        raise BadInputError(f"no normalization op for module {module_path!r}: no node of the model's top-level "
-                            "graph carries that module path")
-    return nodes
+    if nodes:
+        return model.graph, nodes
+
+    def search(graph, prefix):
+        for node in graph.node:
+            if node.op_type not in LOOP_OPS:
+                continue
+            for _, body in subgraphs(node):
+                pre = prefix if prefix is not None else scope_prefix(body, [module_path])
+                found = [n for n in body.node if pre + module_path in (node_module_path(n) or [])]
+                if found:
+                    return body, found
+                hit = search(body, pre)
+                if hit:
+                    return hit
+        return None
+
+    hit = search(model.graph, None)
+    if hit is None:
+        raise BadInputError(f"no normalization op for module {module_path!r}: no node of the model (top-level graph "
+                            "or Scan/Loop bodies) carries that module path")
+    return hit
+
+
+def _nodes_of(model, module_path: str):
+    return _locate(model, module_path)[1]
 
 
 def norm_node(model, module_path: str, call: int = 0):
@@ -64,10 +95,11 @@ def _perturb_decomposed_epsilon(m, module_path, epsilon, call):
     import numpy as np
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
+    graph, nodes = _locate(m, module_path)
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
     adds = []
-    for n in _nodes_of(m, module_path):
+    for n in nodes:
         if n.op_type != "Add" or len(n.input) != 2:
             continue
         for j, name in enumerate(n.input):
@@ -80,7 +112,7 @@ def _perturb_decomposed_epsilon(m, module_path, epsilon, call):
     node, j, t = adds[call]
     arr = numpy_helper.to_array(t)
     new_name = f"{module_path}.epsilon_perturbed_{call}"
-    m.graph.initializer.append(numpy_helper.from_array(np.full(arr.shape, epsilon, dtype=arr.dtype), new_name))
+    graph.initializer.append(numpy_helper.from_array(np.full(arr.shape, epsilon, dtype=arr.dtype), new_name))
     node.input[j] = new_name
     return m
 
@@ -93,8 +125,8 @@ def perturb_scale(model, module_path: str, factor: float, call: int = 0):
     from onnx import numpy_helper
 
     m = _copy(model)
-    inits = {i.name: i for i in m.graph.initializer}
-    nodes = _nodes_of(m, module_path)
+    graph, nodes = _locate(m, module_path)
+    inits = {i.name: i for i in graph.initializer}
     fused = [n for n in nodes if n.op_type in _NORM_OPS]
     if fused:
         if len(fused) <= call or len(fused[call].input) < 2:
@@ -107,7 +139,7 @@ def perturb_scale(model, module_path: str, factor: float, call: int = 0):
         name = next(i for i in muls[-1].input if i in inits)
     if name not in inits:
         raise BadInputError(f"{module_path!r}: the scale {name!r} is not an initializer (computed at run time)")
-    users = [n for n in m.graph.node if name in n.input]
+    users = _users(graph, name)
     if len(users) > 1:
         raise BadInputError(f"{module_path!r}: scale initializer {name!r} is shared by {len(users)} nodes")
     t = inits[name]
@@ -115,3 +147,16 @@ def perturb_scale(model, module_path: str, factor: float, call: int = 0):
     new = numpy_helper.from_array((arr.astype(np.float64) * factor).astype(arr.dtype), name)
     t.CopyFrom(new)
     return m
+
+
+def _users(graph, name):
+    """Nodes reading ``name`` in ``graph`` and the subgraphs nested in it."""
+    from .localise import subgraphs
+
+    found = []
+    for n in graph.node:
+        if name in n.input:
+            found.append(n)
+        for _, sub in subgraphs(n):
+            found += _users(sub, name)
+    return found

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _loop_where(entry) -> str:
+    """For a normalization inside a Scan/Loop body: where, and which iteration."""
+    if not entry.get("onnx_loop"):
+        return ""
+    return f" (body of `{' > '.join(entry['onnx_loop'])}`, iteration {entry['iteration']})"
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -147,7 +154,8 @@ class CheckReport:
         if self.first_divergence:
             fd = self.first_divergence
             md.append(f"**First divergence** on {fd['runner']}: `{fd['module_path']}` ({fd['module_class']}), "
-                      f"call {fd['call']}, ONNX value `{fd['onnx_value']}` — max abs {_fmt(fd['stats'].get('max_abs'))}, "
+                      f"call {fd['call']}, ONNX value `{fd['onnx_value']}`{_loop_where(fd)} — "
+                      f"max abs {_fmt(fd['stats'].get('max_abs'))}, "
                       f"p99 abs {_fmt(fd['stats'].get('p99_abs'))}, max rel {_fmt(fd['stats'].get('max_rel'))}.")
         else:
             md.append("No normalization diverges beyond tolerance.")

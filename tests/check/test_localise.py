@@ -1,6 +1,7 @@
 """Localisation: a model with one normalization damaged in the ONNX file is localised to exactly that
 normalization, for fused ops (LayerNormalization, RMSNormalization), decomposed (hand-written) norms,
-a norm nested in a wrapper, and repeated calls of one module (an unrolled LN-LSTM)."""
+a norm nested in a wrapper, and repeated calls of one module (an unrolled LN-LSTM). Norms inside
+Scan/Loop bodies: test_localise_scan.py."""
 
 import onnx
 import pytest
@@ -66,14 +67,28 @@ def test_repeated_calls_localised_by_call_index(export_spec, tmp_path):
     assert fd is not None and (fd["module_path"], fd["call"]) == ("cells.0.norm_c", 3), fd
 
 
-def test_scan_mode_norms_are_reported_not_localisable(export_spec):
-    from ln_deploy.check import check_model
+def test_if_branch_norms_are_noted_not_localised():
+    """Norms inside an If branch (not a loop) are noted; the top-level ones are still localised."""
+    from onnx import TensorProto, helper
 
-    loaded, path = export_spec(BUNDLED["ln_gru"])
-    report = check_model(loaded, path, invariance=False)
-    assert report.passed
-    notes = " ".join(report.localisation["onnxrt-cpu"]["notes"])
-    assert "Scan/Loop body" in notes and "--rnn-mode unroll" in notes
+    from ln_deploy.check.localise import find_norm_calls
+
+    def scoped(node, *scopes):
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr(["", *scopes, node.output[0]]))
+        return node
+
+    branch = helper.make_graph([scoped(helper.make_node("Neg", ["x"], ["y_then"]), "inner_norm")], "then", [],
+                               [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [scoped(helper.make_node("Relu", ["x0"], ["x"]), "top_norm"),
+         helper.make_node("If", ["c"], ["y"], name="branch", then_branch=branch, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    calls, notes = find_norm_calls(helper.make_model(graph), ["top_norm", "inner_norm"], {"top_norm": 1, "inner_norm": 1})
+    assert [(c.key, c.value) for c in calls] == [("top_norm", "x")]
+    assert "If branch" in notes[0] and "not localised" in notes[0]
 
 
 def test_perturb_helpers_refuse_unknown_module(export_spec):
