@@ -29,9 +29,20 @@ REFERENCE = "pytorch-fp32"
 
 
 def detect_precision(model) -> str:
-    """fp16/bf16 when most floating-point initializer elements are stored in that type, else fp32."""
+    """fp16/bf16 when most floating-point initializer elements are stored in that type, else fp32.
+
+    Initializers of Scan/Loop/If bodies count too: a recurrent model exported in scan mode keeps every
+    weight in its Scan body."""
+    from .localise import subgraphs
+
+    def initializers(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for _, sub in subgraphs(node):
+                yield from initializers(sub)
+
     counts = {"fp32": 0, "fp16": 0, "bf16": 0}
-    for t in model.graph.initializer:
+    for t in initializers(model.graph):
         n = 1
         for d in t.dims:
             n *= d

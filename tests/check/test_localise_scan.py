@@ -285,3 +285,21 @@ def test_unalignable_body_norms_are_noted():
     calls, notes = find_norm_calls(model, ["blk.norm"], None)
     assert calls == [] and "call counts were not given" in notes[0]
 
+
+def test_converted_scan_model_localises_in_its_precision(export_spec):
+    """A bf16 conversion of a scan-mode LN-LSTM: the precision is read from the Scan body's initializers,
+    and the body's bf16 normalization outputs are exposed through a Cast to fp32."""
+    from ln_deploy.check.api import detect_precision
+    from ln_deploy.convert import convert_model
+    from models.catalog import spec_path
+
+    loaded, path = _scan_export(export_spec, BUNDLED["ln_lstm"])
+    converted, _ = convert_model(str(path), "bf16", spec=spec_path(BUNDLED["ln_lstm"]))
+    assert detect_precision(converted) == "bf16"
+    out = path.parent / "ln_lstm_scan_bf16.onnx"
+    onnx.save(converted, str(out))
+    report = _check(loaded, out)
+    assert report.precision == "bf16" and report.passed, report.failures
+    norms = report.localisation["onnxrt-cpu"]["norms"]
+    assert len(norms) == 3 * report.inputs["shapes"]["x"][1] and all(n["passed"] for n in norms)
+    assert max(n["stats"]["max_abs"] for n in norms) > 1e-3  # really bf16 values, not fp32 ones
