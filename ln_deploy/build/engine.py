@@ -124,20 +124,10 @@ def graph_precision(model) -> str:
 
 def plugin_ops(model) -> list[str]:
     """op_types of the ln_deploy plugin nodes in ``model``, subgraphs included."""
+    from ..convert.graph import all_nodes
     from ..plugin_spec import is_plugin_node
 
-    found = []
-
-    def walk(graph):
-        for n in graph.node:
-            if is_plugin_node(n):
-                found.append(n.op_type)
-            for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(g)
-
-    walk(model.graph)
-    return found
+    return [n.op_type for n in all_nodes(model.graph) if is_plugin_node(n)]
 
 
 def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | None = None,

@@ -42,6 +42,14 @@ def subgraphs(node):
             yield from a.graphs
 
 
+def all_nodes(graph):
+    """Every node of ``graph`` and of its subgraphs (Scan/Loop/If bodies), depth first."""
+    for n in graph.node:
+        yield n
+        for g in subgraphs(n):
+            yield from all_nodes(g)
+
+
 def outer_references(graph) -> set[str]:
     """Names a (sub)graph reads that it does not define: values captured from enclosing scopes."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}

@@ -28,7 +28,7 @@ from .. import plugin_spec
 from ..errors import BadInputError
 from . import norms as norms_mod
 from .graph import (BFLOAT16, DOUBLE, FLOAT, FLOAT16, TYPE_NAMES, ensure_node_names, get_attr, infer_types,
-                    module_path, outer_references, subgraphs)
+                    all_nodes, module_path, outer_references, subgraphs)
 
 log = logging.getLogger(__name__)
 
@@ -641,7 +641,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         forced = decompose_fused_norms(model.graph, main_opset)
         report.notes.append("force_norm_fp16: normalization statistics computed in fp16 "
                             "(fused norms decomposed); expect overflow past |x - mean| > 255.9")
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type in ("LayerNormalization", "RMSNormalization"):
             _set_attr(node, "stash_type", 1)
 
@@ -654,7 +654,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         planner.forced_low = set(forced) | {n for s in sites if s.form == "decomposed" for n in s.nodes}
     planner.policy(model.graph)
 
-    has_plugins = any(is_plugin(n) for n in _all_nodes(model.graph))
+    has_plugins = any(is_plugin(n) for n in all_nodes(model.graph))
     feeds = None
     if measure:
         if has_plugins:
@@ -786,7 +786,7 @@ def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
 
     import onnxruntime as ort
 
-    if any(is_plugin(n) for n in _all_nodes(converted.graph)):
+    if any(is_plugin(n) for n in all_nodes(converted.graph)):
         return converted, rep
     for _ in range(50):
         so = ort.SessionOptions()
@@ -829,7 +829,7 @@ def _break_norm_fusion(node_name, model, planner) -> bool:
 
 
 def _fill_report(rep, model, planner, sites, force, low):
-    rep.nodes = sum(1 for _ in _all_nodes(model.graph))
+    rep.nodes = sum(1 for _ in all_nodes(model.graph))
     for key, node in planner.nodes.items():
         d = planner.plan.get(key, "low")
         if d == "fp32":
@@ -883,13 +883,6 @@ def _finish(model, precision, orig) -> None:
         props["ln_deploy.precision"].value = precision
     else:
         model.metadata_props.add(key="ln_deploy.precision", value=precision)
-
-
-def _all_nodes(graph):
-    for n in graph.node:
-        yield n
-        for g in subgraphs(n):
-            yield from _all_nodes(g)
 
 
 def _set_attr(node, name, value) -> None:

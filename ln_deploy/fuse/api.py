@@ -145,6 +145,17 @@ def _checkable(fused, target):
     return ir.to_proto(m)
 
 
+def _restore_node_metadata(before, after) -> None:
+    """The version converter drops every node's metadata_props (the module paths localisation
+    reads); it keeps node names, so copy them back by name (subgraphs included)."""
+    from ..convert.graph import all_nodes
+
+    props = {n.name: n.metadata_props for n in all_nodes(before.graph) if n.name and n.metadata_props}
+    for n in all_nodes(after.graph):
+        if not n.metadata_props and n.name in props:
+            n.metadata_props.extend(props[n.name])
+
+
 def _upgrade(proto, want: int, notes: list):
     import onnx
     from onnx import version_converter
@@ -155,6 +166,7 @@ def _upgrade(proto, want: int, notes: list):
     try:
         new = version_converter.convert_version(proto, want)
         onnx.checker.check_model(new)
+        _restore_node_metadata(proto, new)
         notes.append(f"opset raised from {have} to {want} with the ONNX version converter")
         return new
     except Exception as e:  # noqa: BLE001 - the converter fails in many ways; fusion goes on at the old opset

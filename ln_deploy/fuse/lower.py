@@ -108,6 +108,9 @@ def _lower_graph(graph: ir.Graph, target: str, counts: Counter) -> None:
             new_nodes.append(back)
             y = back.outputs[0]
         y.dtype, y.shape = node.outputs[0].dtype, node.outputs[0].shape
+        for n in new_nodes:  # the module path (name_scopes) the rewriter copied from the pattern
+            for k, v in node.metadata_props.items():
+                n.metadata_props.setdefault(k, v)
         graph.insert_before(node, new_nodes)
         replace_value(node.outputs[0], y)
         graph.remove(node, safe=True)

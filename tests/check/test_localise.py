@@ -101,3 +101,32 @@ def test_perturb_helpers_refuse_unknown_module(export_spec):
         perturb_epsilon(m, "blocks.9.norm1", 0.1)
     with pytest.raises(BadInputError):
         perturb_scale(m, "blocks.9.norm1", 2.0)
+
+
+@pytest.mark.parametrize("name", ["pre_ln_encoder", "rms_decoder_block", "ln_gru"])
+def test_fused_model_keeps_module_paths_and_is_localised(name, export_spec, tmp_path):
+    """`ln-deploy fuse` carries each pattern's module path onto the fused op, so a fused hand-written
+    model (decomposed norms → LayerNormalization / RMSNormalization, in a Scan body for ln_gru) is
+    localised like the original, and damage to a fused op is pinned to its module."""
+    from ln_deploy.check import check_model, perturb_epsilon
+    from ln_deploy.fuse import fuse_model
+
+    loaded, path = export_spec(HANDWRITTEN[name])
+    fused, report = fuse_model(str(path), opset=23)
+    assert sum(report.fused.values()) > 0
+    fused_path = tmp_path / "fused.onnx"
+    onnx.save(fused, str(fused_path))
+    before = check_model(loaded, path, invariance=False).localisation["onnxrt-cpu"]["norms"]
+    after = check_model(loaded, fused_path, invariance=False).localisation["onnxrt-cpu"]["norms"]
+    assert [n["key"] for n in after] == [n["key"] for n in before] and after
+    assert all(n["passed"] for n in after)
+    assert all(len(n["onnx_ops"]) == 1 for n in after), [n["onnx_ops"] for n in after]  # one fused op each
+    target = before[-1]["module_path"]
+    damaged = check_model(loaded, _save(perturb_epsilon(fused, target, epsilon=0.1), tmp_path), invariance=False)
+    assert damaged.first_divergence["module_path"] == target
+
+
+def _save(model, tmp_path):
+    out = tmp_path / "damaged.onnx"
+    onnx.save(model, str(out))
+    return out
