@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from .. import progress
 from ..errors import BadInputError
+from ..convert.graph import all_nodes
 from ..fileio import load_onnx
 from .inputs import (InputGenerator, cast_feed, check_report_dir, load_npz, onnx_output_names,
                      validate_model_pair)
@@ -113,6 +114,7 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
             loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, checkpoint)
             model = load_onnx(onnx_path)
             onnx_ins = validate_model_pair(loaded, model, onnx_path)
+            model, expanded = _expand_plugin_nodes(model)
         if precision == "auto":
             precision = detect_precision(model)
         profile = make_profile(precision, tolerances)
@@ -120,6 +122,11 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
                              engine=str(engine) if engine else None, tolerances=profile.to_json())
 
+        if expanded:
+            report.notes.append(
+                f"the model holds {expanded} ln_deploy TensorRT plugin node(s), which ONNX Runtime cannot run: it ran "
+                "their standard-op reference (fp32 statistics) instead, so this checks the fused graph; the plugin's "
+                "kernels are checked with --engine")
         recorded = {p.key: p.value for p in model.metadata_props}.get("ln_deploy.spec")
         if recorded and recorded.rpartition(":")[2] != loaded.spec.rpartition(":")[2]:
             report.notes.append(f"the ONNX model records that it was exported from {recorded}, not {loaded.spec}")
@@ -178,6 +185,17 @@ def _feeds(inputs, gen, loaded, onnx_ins):
         return [gen.feed()], "seeded random"
     feeds = load_npz(inputs, onnx_ins)
     return [cast_feed(f, loaded) for f in feeds], f"file {inputs}"
+
+
+def _expand_plugin_nodes(model):
+    """``(model, 0)``, or for a ``fuse --target tensorrt`` model the copy ORT can run and the count."""
+    from ..plugin_spec import is_plugin_node
+
+    if not any(is_plugin_node(n) for n in all_nodes(model.graph)):
+        return model, 0
+    from ..fuse.reference import expand_plugin_nodes
+
+    return expand_plugin_nodes(model)
 
 
 def _make_runners(loaded, model, out_names, engine, plugins, report, timer, threads, torch_device):

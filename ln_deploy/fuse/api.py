@@ -136,13 +136,9 @@ def _checkable(fused, target):
     """The model ONNX Runtime runs for the check: plugin nodes expanded for the tensorrt target."""
     if target != "tensorrt":
         return fused
-    import onnx_ir as ir
+    from .reference import expand_plugin_nodes
 
-    from .reference import expand_plugins
-
-    m = ir.from_proto(fused)
-    expand_plugins(m)
-    return ir.to_proto(m)
+    return expand_plugin_nodes(fused)[0]
 
 
 def _restore_node_metadata(before, after) -> None:

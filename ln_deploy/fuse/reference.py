@@ -30,6 +30,14 @@ def skip_norm_reference(x, residual, scale, bias=None, **fields):
     return norm_reference(s, scale, bias, **{k: v for k, v in fields.items() if k != "output_sum"}), s
 
 
+def expand_plugin_nodes(proto):
+    """``(a copy of the onnx.ModelProto with plugin nodes expanded, how many)``: what ONNX Runtime
+    runs in place of a ``--target tensorrt`` model."""
+    m = ir.from_proto(proto)
+    count = expand_plugins(m)
+    return ir.to_proto(m), count
+
+
 def expand_plugins(model: ir.Model) -> int:
     """Replace LnDeployNorm/LnDeploySkipNorm nodes in place by standard ops (also in Scan/Loop
     bodies); return how many."""
@@ -84,6 +92,8 @@ def _expand_graph(graph: ir.Graph, opset: int) -> int:
         y = add("Mul", [y, scale])
         if bias is not None:
             y = add("Add", [y, bias])
+        for n in new:  # keep the module path: the check localises the expanded norm like the plugin node
+            n.metadata_props.update(node.metadata_props)
         graph.insert_before(node, new)
         replace_value(node.outputs[0], y)
         if skip and len(node.outputs) > 1:

@@ -130,3 +130,23 @@ def _save(model, tmp_path):
     out = tmp_path / "damaged.onnx"
     onnx.save(model, str(out))
     return out
+
+
+def test_tensorrt_target_model_is_checked_through_its_reference(export_spec, tmp_path):
+    """A `fuse --target tensorrt` model holds plugin nodes ORT cannot run: the check runs their
+    standard-op reference, says so, localises every norm, and pins a plugin node's bad epsilon."""
+    from ln_deploy.check import check_model, perturb_epsilon
+    from ln_deploy.fuse import fuse_model
+
+    loaded, path = export_spec(BUNDLED["pre_ln_encoder"])
+    fused, _ = fuse_model(str(path), target="tensorrt")
+    assert any(n.op_type == "LnDeploySkipNorm" for n in fused.graph.node)
+    out = tmp_path / "trt.onnx"
+    onnx.save(fused, str(out))
+    report = check_model(loaded, out, invariance=False)
+    assert report.passed and any("plugin node" in n for n in report.notes), report.notes
+    assert [n["key"] for n in report.localisation["onnxrt-cpu"]["norms"]] == [
+        "blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2", "final_norm"]
+    damaged = check_model(loaded, _save(perturb_epsilon(fused, "blocks.1.norm1", epsilon=0.1), tmp_path),
+                          invariance=False)
+    assert not damaged.passed and damaged.first_divergence["module_path"] == "blocks.1.norm1"
