@@ -80,6 +80,23 @@ def _import_target(target: str):
         raise BadInputError(f"importing {target!r} failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
+def weights_fingerprint(module) -> str:
+    """sha256 of a module's state_dict (names, dtypes, shapes, bytes): export records it, check
+    compares it, so a check never runs against weights other than the exported ones."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_spec(spec: str, checkpoint: str | os.PathLike | None = None) -> LoadedModel:
     """Import the spec, call its factory, load the checkpoint, return the model in eval() mode."""
     import torch
@@ -92,7 +109,11 @@ def load_spec(spec: str, checkpoint: str | os.PathLike | None = None) -> LoadedM
     if not callable(factory):
         raise BadInputError(f"{spec}: {name!r} is not callable")
     try:
-        made = factory()
+        # Seeded (and the caller's RNG state restored): a factory that builds random weights builds
+        # the same ones for `export` and for `check`, which load the SPEC separately.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            made = factory()
     except Exception as e:
         raise BadInputError(f"{spec}: the factory raised {type(e).__name__}: {_one_line(e)}") from None
 

@@ -114,6 +114,7 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
             loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, checkpoint)
             model = load_onnx(onnx_path)
             onnx_ins = validate_model_pair(loaded, model, onnx_path)
+            _same_weights(loaded, model, onnx_path)
             model, expanded = _expand_plugin_nodes(model)
         if precision == "auto":
             precision = detect_precision(model)
@@ -185,6 +186,20 @@ def _feeds(inputs, gen, loaded, onnx_ins):
         return [gen.feed()], "seeded random"
     feeds = load_npz(inputs, onnx_ins)
     return [cast_feed(f, loaded) for f in feeds], f"file {inputs}"
+
+
+def _same_weights(loaded, model, onnx_path) -> None:
+    """Refuse a pair whose weights differ from the exported ones (recorded by `ln-deploy export`):
+    the comparison would fail everywhere and blame the first normalization."""
+    from ..spec import weights_fingerprint
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    recorded = meta.get("ln_deploy.weights_sha256")
+    if recorded and recorded != weights_fingerprint(loaded.module):
+        source = meta.get("ln_deploy.spec", "another model")
+        raise BadInputError(
+            f"{onnx_path} was exported (from {source}) with other weights than {loaded.spec} has now (weights "
+            "fingerprint differs): pass the --checkpoint used at export, or make the factory build the same weights")
 
 
 def _expand_plugin_nodes(model):

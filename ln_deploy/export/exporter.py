@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import progress
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import check_output_path, save_onnx_atomic
-from ..spec import LoadedModel, is_recurrent, load_spec
+from ..spec import LoadedModel, is_recurrent, load_spec, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
     opset_used = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     meta = {
         "ln_deploy.spec": loaded.spec,
+        "ln_deploy.weights_sha256": weights_fingerprint(loaded.module),
         "ln_deploy.torch_version": torch.__version__,
         "ln_deploy.opset": str(opset_used),
         "ln_deploy.dynamic_axes": json.dumps(dyn),
