@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress.set_quiet(args.quiet)
     try:
+        _refuse_empty_values(parser, args)
         return int(args._run(args) or 0)
     except LnDeployError as e:
         if args.debug:
@@ -78,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ln-deploy {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse_empty_values(parser: argparse.ArgumentParser, args) -> None:
+    """An empty string is never a valid path, spec or name here (``--report-dir ""`` would mean the
+    current directory, ``--repo ""`` too): refuse it instead of guessing."""
+    from .errors import BadInputError
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            raise BadInputError(f"{name} must not be empty")
 
 
 if __name__ == "__main__":

@@ -11,17 +11,28 @@ from .errors import BadInputError
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Validate that ``path`` can be written: its directory exists and is a directory."""
+    """Validate that ``path`` can be written: its directory exists, is a directory and really takes a
+    new file (a probe file is created and removed: ``os.access`` says yes to root on read-only mounts
+    and in /proc), and ``path`` is not a directory or a special file (a device such as /dev/null, a
+    FIFO, a socket), which the final rename would replace."""
+    if str(path) == "":
+        raise BadInputError("output path is empty")
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise BadInputError(f"output directory does not exist: {parent}")
     if not parent.is_dir():
         raise BadInputError(f"output directory is not a directory: {parent}")
-    if p.exists() and p.is_dir():
+    if p.is_dir():
         raise BadInputError(f"output path is a directory: {p}")
-    if not os.access(parent, os.W_OK):
-        raise BadInputError(f"output directory is not writable: {parent}")
+    if (p.exists() or p.is_symlink()) and not p.is_file():
+        raise BadInputError(f"output path exists and is not a regular file: {p}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInputError(f"output directory is not writable: {parent} ({e.strerror or type(e).__name__})") from None
     return p
 
 
@@ -33,12 +44,18 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
     ``path`` is removed too (a stale output must not pass for the result of this run).
     """
     p = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix or ".tmp", dir=p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix or ".tmp", dir=p.parent)
+    except OSError as e:
+        raise BadInputError(f"cannot write {p}: {e.strerror or type(e).__name__}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, p)
+        try:
+            os.replace(tmp_path, p)
+        except OSError as e:
+            raise BadInputError(f"cannot write {p}: {e.strerror or type(e).__name__}") from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -112,13 +129,16 @@ def load_onnx(path: str | os.PathLike, *, check: bool = True, load_external_data
         raise BadInputError(f"{p} is not a readable ONNX model ({type(e).__name__}: {_first_line(e)})") from None
     if not model.graph.node and not model.graph.output:
         raise BadInputError(f"{p} is not an ONNX model (empty or truncated graph)")
+    if not model.graph.output:
+        raise BadInputError(f"{p}: the graph has no outputs")
+    check_model_declarations(model, p)
     check_external_data_paths(model, p.parent)
     if load_external_data:
         from onnx.external_data_helper import load_external_data_for_model
 
         try:
             load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
             raise BadInputError(f"{p}: cannot read its external data ({_first_line(e)})") from None
     if check:
         try:
@@ -131,6 +151,24 @@ def load_onnx(path: str | os.PathLike, *, check: bool = True, load_external_data
             except onnx.checker.ValidationError as e2:
                 raise BadInputError(f"{p} fails the ONNX checker: {_first_line(e2)}") from None
     return model
+
+
+def check_model_declarations(model, where) -> None:
+    """What the ONNX checker (without full_check) lets through: an opset newer than the installed onnx
+    knows, and negative static dims on graph inputs or outputs."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise BadInputError(f"{where}: opset {o.version} is newer than the installed onnx supports "
+                                f"(up to {newest})")
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value < 0:
+                raise BadInputError(f"{where}: {vi.name!r} declares size {d.dim_value} on axis {k}")
 
 
 def check_external_data_paths(model, base_dir: str | os.PathLike) -> None:
@@ -147,6 +185,8 @@ def check_external_data_paths(model, base_dir: str | os.PathLike) -> None:
         target = (base / loc).resolve()
         if base != target and base not in target.parents:
             raise BadInputError(f"tensor {t.name!r}: external data path {loc!r} points outside the model's folder")
+        if not target.is_file():
+            raise BadInputError(f"tensor {t.name!r}: external data file {loc!r} is missing or not a file")
 
 
 def _first_line(e: BaseException) -> str:
