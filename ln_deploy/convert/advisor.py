@@ -18,6 +18,7 @@ and whether the result is safe.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 from ..errors import BadInputError
@@ -104,6 +105,8 @@ def advise(model_or_path, *, calibration=None, spec: str | None = None, precisio
     from .precision import _load, check_precision, is_plugin
 
     check_precision(precision)
+    if not (math.isfinite(scale) and scale > 0):
+        raise BadInputError(f"scale must be a finite number > 0, got {scale}")
     model = _load(model_or_path)
     ensure_node_names(model.graph)
     if any(is_plugin(n) for n in model.graph.node):
@@ -121,7 +124,8 @@ def advise(model_or_path, *, calibration=None, spec: str | None = None, precisio
         report.notes.append("no normalization found")
         return report
     names = sorted({i for s in sites for i in s.inputs})
-    vals = run_with_values(model, feeds, names)
+    source = str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "the model"
+    vals = run_with_values(model, feeds, names, source=source)
     vals.update({k: np.asarray(v, dtype=np.float64) for k, v in feeds.items() if k in names})
     for s in sites:
         missing = [i for i in s.inputs if i not in vals]

@@ -3,6 +3,7 @@ expose intermediate values."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from .graph import BFLOAT16, FLOAT, FLOAT16
 _NP = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
 DEFAULT_DIM = {"batch": 2}
 DEFAULT_OTHER_DIM = 8
+MAX_RANDOM_ELEMENTS = 1 << 27  # per input: 1 GiB while NumPy draws it in float64
 
 
 def _np_dtype(elem_type: int):
@@ -62,6 +64,12 @@ def load_calibration(calibration, model, *, spec: str | None = None, seed: int =
         for i in ins:
             shape = [d.dim_value if d.dim_value > 0 else sizes.get(d.dim_param, DEFAULT_DIM.get(d.dim_param, DEFAULT_OTHER_DIM))
                      for d in i.type.tensor_type.shape.dim]
+            if any(d.HasField("dim_value") and d.dim_value == 0 for d in i.type.tensor_type.shape.dim):
+                raise BadInputError(f"input {i.name!r} has a static size 0: random calibration data would be empty "
+                                    "and measure nothing")
+            if int(np.prod(shape, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+                raise BadInputError(f"input {i.name!r} of shape {shape} is too large for random calibration data "
+                                    f"(over {MAX_RANDOM_ELEMENTS} elements): give calibration inputs (.npz)")
             t = i.type.tensor_type.elem_type
             if t in (FLOAT, FLOAT16, BFLOAT16, 11):
                 feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
@@ -80,9 +88,17 @@ def load_calibration(calibration, model, *, spec: str | None = None, seed: int =
     out = {}
     for i in ins:
         a = np.asarray(feeds[i.name])
+        if a.dtype.kind not in "fiub" and str(a.dtype) != "bfloat16":
+            raise BadInputError(f"{where}: input {i.name!r} has dtype {a.dtype}, not a real numeric array")
         rank = len(i.type.tensor_type.shape.dim)
         if i.type.tensor_type.HasField("shape") and a.ndim != rank:
             raise BadInputError(f"{where}: input {i.name!r} has rank {a.ndim}, the model wants rank {rank}")
+        if a.size == 0:
+            raise BadInputError(f"{where}: input {i.name!r} is empty (shape {list(a.shape)}): nothing to measure")
+        static = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        if any(d is not None and d != n for d, n in zip(static, a.shape)):
+            raise BadInputError(f"{where}: input {i.name!r} has shape {list(a.shape)}, the model wants "
+                                f"[{', '.join('?' if d is None else str(d) for d in static)}]")
         t = i.type.tensor_type.elem_type
         if t in (FLOAT, FLOAT16, BFLOAT16) and not np.issubdtype(a.dtype, np.floating) and a.dtype.kind not in "V":
             a = a.astype(np.float32)
@@ -97,9 +113,11 @@ def _symbolic_sizes(model) -> dict:
     for p in model.metadata_props:
         if p.key == "ln_deploy.example_shapes":
             try:
-                return json.loads(p.value)
+                sizes = json.loads(p.value)
             except ValueError:
                 return {}
+            # the model file is untrusted: keep only positive integer sizes
+            return {k: v for k, v in sizes.items() if type(v) is int and v > 0} if isinstance(sizes, dict) else {}
     return {}
 
 
@@ -111,9 +129,13 @@ def read_npz(path) -> dict:
         raise BadInputError(f"no such calibration file: {p}")
     try:
         with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError) as e:
         raise BadInputError(f"{p} is not a readable .npz file ({str(e).splitlines()[0][:200]})") from None
+    for k, v in arrays.items():
+        if not isinstance(v, np.ndarray):  # np.load hands back a member that is not .npy as raw bytes
+            raise BadInputError(f"{p}: member {k!r} is not a NumPy array")
+    return arrays
 
 
 def _session(model):
@@ -124,6 +146,25 @@ def _session(model):
     # No graph rewrites: the values must be the ones each node computes, in the declared types.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def ort_errors_as_bad_input(source: str | None):
+    """ONNX Runtime failing on the user's own model (not on one ln_deploy made) is bad input:
+    one line naming ``source``. With ``source`` None errors pass through (they would be our bug)."""
+    try:
+        yield
+    except Exception as e:
+        if source is None or not type(e).__module__.startswith("onnxruntime"):
+            raise
+        lines = str(e).strip().splitlines()
+        raise BadInputError(f"ONNX Runtime cannot run {source}: {lines[0][:300] if lines else type(e).__name__}") from None
+
+
+def require_ort_loads(model, source: str) -> None:
+    """Refuse a model that ONNX Runtime's CPU provider cannot load (custom ops, type errors...)."""
+    with ort_errors_as_bad_input(source):
+        _session(model)
 
 
 def _cast_feeds(model, feeds):
@@ -137,8 +178,9 @@ def _cast_feeds(model, feeds):
     return out
 
 
-def run_with_values(model, feeds: dict, names: list[str], types_from=None) -> dict:
-    """Run ``model`` in ORT on the CPU returning the named intermediate values (as float64 arrays)."""
+def run_with_values(model, feeds: dict, names: list[str], types_from=None, source: str | None = None) -> dict:
+    """Run ``model`` in ORT on the CPU returning the named intermediate values (as float64 arrays).
+    ``source``: the user's model is run (its ORT errors are bad input, see ``ort_errors_as_bad_input``)."""
     import copy
 
     import numpy as np
@@ -153,18 +195,21 @@ def run_with_values(model, feeds: dict, names: list[str], types_from=None) -> di
         if n not in existing and types.get(n):
             m.graph.output.append(helper.make_tensor_value_info(n, types[n], None))
     m, rename = _bridge_bf16(m)
-    sess = _session(m)
-    wanted = set(names)
-    outs = [o.name for o in sess.get_outputs() if rename.get(o.name, o.name) in wanted]
-    vals = sess.run(outs, _cast_feeds(m, feeds))
+    with ort_errors_as_bad_input(source):
+        sess = _session(m)
+        wanted = set(names)
+        outs = [o.name for o in sess.get_outputs() if rename.get(o.name, o.name) in wanted]
+        vals = sess.run(outs, _cast_feeds(m, feeds))
     return {rename.get(n, n): _to64(v) for n, v in zip(outs, vals)}
 
 
-def run_outputs(model, feeds: dict) -> dict:
+def run_outputs(model, feeds: dict, source: str | None = None) -> dict:
     m, rename = _bridge_bf16(model)
-    sess = _session(m)
-    names = [o.name for o in sess.get_outputs()]
-    return {rename.get(n, n): _to64(v) for n, v in zip(names, sess.run(names, _cast_feeds(m, feeds)))}
+    with ort_errors_as_bad_input(source):
+        sess = _session(m)
+        names = [o.name for o in sess.get_outputs()]
+        vals = sess.run(names, _cast_feeds(m, feeds))
+    return {rename.get(n, n): _to64(v) for n, v in zip(names, vals)}
 
 
 def _bridge_bf16(model):

@@ -626,8 +626,17 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     model = _load(model_or_path)
+    source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else "the input model"
     report = ConversionReport(precision, keep_io_types, target, force_norm_fp16)
     ensure_node_names(model.graph)
+    if (measure or target == "ort-cpu") and not any(is_plugin(n) for n in all_nodes(model.graph)):
+        from .calibration import require_ort_loads
+
+        require_ort_loads(model, source)
+    names = {n.name for n in all_nodes(model.graph)}
+    unknown = [n for n in fp32_nodes or () if n not in names]
+    if unknown:
+        raise BadInputError(f"no node named {', '.join(map(repr, unknown))} in {source} (--fp32-node)")
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
     main_opset = opsets.get("", 0)
     if any(n.op_type in SUBGRAPH_OPS for n in model.graph.node) and measure:
@@ -688,7 +697,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         from .calibration import run_with_values
 
         float_values = [o for n in model.graph.node for o in n.output if o and orig.get(o) == FLOAT]
-        ref = run_with_values(model, feeds, float_values)
+        ref = run_with_values(model, feeds, float_values, source=source)
         if low == FLOAT16:
             for node in model.graph.node:
                 key = node.name
@@ -741,7 +750,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
     if measure and feeds is not None:
         from .calibration import run_outputs
 
-        ref_out = run_outputs(model, feeds)
+        ref_out = run_outputs(model, feeds, source=source)
         got_out = run_outputs(converted, feeds)
         rep.measured["output_max_abs_error"] = {k: float(_absmax(got_out[k].astype("float64") - ref_out[k]))
                                                 for k in ref_out}
