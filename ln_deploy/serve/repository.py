@@ -169,6 +169,10 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
 
         onnx_model = load_onnx(model_path)  # untrusted: checker + external-data paths
         sig = onnx_signature(onnx_model)
+        if ort_check:  # the source itself: a model Triton's backend cannot open is bad input, not a failed check
+            problems = _ort_opens(onnx_model)
+            if problems:
+                raise BadInputError(f"{model_path}: {problems[0]}")
     else:
         engine = engine_signature(model_path)
         sig = engine.signature
@@ -180,8 +184,15 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     config = build_config(name, platform, sig, max_batch_size=mbs, instances=instances, kind=kind,
                           batch_window_us=batch_window_us)
 
-    repo.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
+    created_repo = not repo.exists()
+    try:
+        repo.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
+    except OSError as e:
+        if created_repo:
+            with contextlib.suppress(OSError):
+                repo.rmdir()
+        raise BadInputError(f"cannot write the repository {repo}: {e.strerror or type(e).__name__}") from None
     try:
         vdir = tmp / str(version)
         vdir.mkdir()
@@ -201,6 +212,9 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
         _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created_repo:  # a repository this call created holds nothing now: leave no trace
+            with contextlib.suppress(OSError):
+                repo.rmdir()
         raise
     args, preload = write_server_args(repo, model_root)
     return PackageResult(final, final / "config.pbtxt", config, args, preload)
@@ -442,14 +456,24 @@ def compare_config(config, sig: Signature, where: str = "model") -> list[str]:
     return problems
 
 
-def _ort_opens(path: Path) -> list[str]:
+def _ort_opens(path_or_model) -> list[str]:
+    """Reasons ONNX Runtime cannot open a model file, or an in-memory ModelProto (its external data
+    loaded: ORT cannot shape-infer through external constants); [] when it opens. A model over
+    protobuf's 2 GB cannot be serialized in memory: not checked here (its written copy is, by path)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if isinstance(path_or_model, (str, Path)):
+        source, label = str(path_or_model), Path(path_or_model).name
+    else:
+        try:
+            source, label = path_or_model.SerializeToString(), "the model"
+        except Exception:  # noqa: BLE001 - protobuf refuses messages over 2 GB
+            return []
     try:
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - any ORT failure is a reason Triton would fail too
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        return [f"ONNX Runtime cannot open {path.name}: {first}"]
+        return [f"ONNX Runtime cannot open {label}: {first}"]
     return []

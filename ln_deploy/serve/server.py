@@ -52,6 +52,8 @@ class ServeOptions:
             raise BadInputError(f"--max-batch-size must be >= 0, got {self.max_batch_size}")
         if self.instances < 1:
             raise BadInputError(f"--instances must be >= 1, got {self.instances}")
+        if self.intra_op_threads < 0:
+            raise BadInputError(f"--threads must be >= 0, got {self.intra_op_threads}")
 
 
 def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
