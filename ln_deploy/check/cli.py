@@ -40,9 +40,14 @@ def run(args) -> int:
     import json
     import sys
 
+    from ..errors import BadInputError
     from .api import check_model
     from .tolerances import parse_overrides
 
+    if args.seed < 0:
+        raise BadInputError(f"--seed must be >= 0, got {args.seed}")
+    if args.threads is not None and args.threads < 0:
+        raise BadInputError(f"--threads must be >= 0, got {args.threads}")
     tolerances = {}
     if args.atol:
         tolerances["atol"] = parse_overrides(args.atol, "atol")

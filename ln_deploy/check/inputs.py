@@ -201,6 +201,8 @@ def load_npz(path, onnx_ins: list[OnnxInput]) -> list[OrderedDict]:
             name, i = key, 0
         if name not in names:
             raise BadInputError(f"{p}: array {key!r} names no input of the model (inputs: {names})")
+        if not isinstance(arr, np.ndarray):  # np.load hands back a member that is not .npy as raw bytes
+            raise BadInputError(f"{p}: member {key!r} is not a NumPy array")
         feeds.setdefault(i, OrderedDict())[name] = arr
     if not feeds:
         raise BadInputError(f"{p} holds no arrays")
@@ -222,6 +224,8 @@ def load_npz(path, onnx_ins: list[OnnxInput]) -> list[OrderedDict]:
                                         f"{_fmt(inp.shape)}")
             if arr.dtype.kind not in "fiub":
                 raise BadInputError(f"{p}: {inp.name!r} has dtype {arr.dtype}, not a numeric array")
+            if arr.size == 0:
+                raise BadInputError(f"{p}: {inp.name!r} is empty (shape {list(arr.shape)}): nothing to compare")
             ordered[inp.name] = arr
         result.append(ordered)
     return result

@@ -152,7 +152,16 @@ class TorchRunner(BaseRunner):
 
         args = self.to_args(feed_dict)
         with torch.inference_mode():
-            return flatten_outputs(self.module(*args))
+            return flatten_outputs(self._call(args))
+
+    def _call(self, args):
+        """forward(*args); the user's model raising is bad input (one line), not a traceback."""
+        try:
+            return self.module(*args)
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            raise BadInputError(f"the PyTorch model's forward() raised {type(e).__name__}: "
+                                f"{lines[0][:300] if lines else ''}") from None
 
     def infer_impl(self, feed_dict):
         import torch
@@ -163,7 +172,7 @@ class TorchRunner(BaseRunner):
             if sync:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            outs = flatten_outputs(self.module(*args))
+            outs = flatten_outputs(self._call(args))
             if sync:
                 torch.cuda.synchronize()
             self.inference_time = time.perf_counter() - start
