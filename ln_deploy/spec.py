@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def _import_target(target: str):
         try:
             sys.modules[mod_name] = module
             spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a file that calls sys.exit() must not end ln-deploy silently
             sys.modules.pop(mod_name, None)
             raise BadInputError(f"importing {path} failed: {type(e).__name__}: {_one_line(e)}") from None
         finally:
@@ -76,7 +77,7 @@ def _import_target(target: str):
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
         raise BadInputError(f"cannot import module {target!r}: {_one_line(e)}") from None
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise BadInputError(f"importing {target!r} failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
@@ -114,7 +115,7 @@ def load_spec(spec: str, checkpoint: str | os.PathLike | None = None) -> LoadedM
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             made = factory()
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise BadInputError(f"{spec}: the factory raised {type(e).__name__}: {_one_line(e)}") from None
 
     if isinstance(made, (tuple, list)) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
@@ -145,6 +146,9 @@ def _as_input_tuple(spec: str, example) -> tuple:
     for i, t in enumerate(example):
         if not isinstance(t, torch.Tensor):
             raise BadInputError(f"{spec}: example input {i} is {type(t).__name__}, not a tensor")
+        if t.numel() == 0:
+            raise BadInputError(f"{spec}: example input {i} is empty (shape {list(t.shape)}): nothing to export "
+                                "or compare")
     return tuple(example)
 
 
@@ -178,10 +182,14 @@ def load_checkpoint(model, path: str | os.PathLike) -> None:
             raise BadInputError(f"checkpoint {p} is not a valid safetensors file: {_one_line(e)}") from None
     else:
         try:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
+                warnings.simplefilter("ignore")
+                state = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            # torch's message is a page of advice; keep the line that says what was refused
+            why = next((ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), "")
             raise BadInputError(f"checkpoint {p} needs arbitrary unpickling (refused: it could run code); "
-                                f"save a state_dict or use safetensors ({_one_line(e)[:120]})") from None
+                                f"save a state_dict or use safetensors" + (f" ({why[:160]})" if why else "")) from None
         except Exception as e:
             raise BadInputError(f"checkpoint {p} cannot be read: {type(e).__name__}: {_one_line(e)[:200]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

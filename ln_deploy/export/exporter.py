@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import tempfile
 import warnings
@@ -104,6 +105,10 @@ def export_model(spec, output, *, checkpoint=None, opset: int | None = None, rnn
 def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol):
     if opset is not None and opset < MIN_OPSET:
         raise BadInputError(f"opset {opset} is below {MIN_OPSET}, the first with LayerNormalization")
+    if opset is not None and opset > _max_opset():
+        raise BadInputError(f"opset {opset} is above {_max_opset()}, the newest torch.onnx exports")
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise BadInputError(f"atol must be a finite number >= 0, got {atol}")
     if exporter not in ("auto", "dynamo", "legacy"):
         raise BadInputError(f"unknown exporter {exporter!r} (auto, dynamo, legacy)")
     loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, checkpoint)
@@ -170,12 +175,27 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
                             {k: v for k, v in s.items() if k != "onnx_dtype"} for s in state_meta])
 
 
+def _max_opset() -> int:
+    from torch.onnx import _constants
+
+    return getattr(_constants, "ONNX_MAX_OPSET", 23)
+
+
 def _output_names(loaded: LoadedModel) -> list[str]:
     import torch
 
-    with torch.no_grad():
-        y = loaded.module(*loaded.example_inputs)
-    n = len(y) if isinstance(y, (tuple, list)) else 1
+    try:
+        with torch.no_grad():
+            y = loaded.module(*loaded.example_inputs)
+    except Exception as e:  # the user's forward(): one line, not a traceback
+        raise BadInputError(f"{loaded.spec}: forward() on the example inputs raised {type(e).__name__}: "
+                            f"{_first_line(e)}") from None
+    outs = y if isinstance(y, (tuple, list)) else (y,)
+    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        got = type(y).__name__ if not isinstance(y, (tuple, list)) else \
+            f"{type(y).__name__} of {', '.join(type(o).__name__ for o in outs) or 'nothing'}"
+        raise BadInputError(f"{loaded.spec}: forward() returned {got}; export needs a tensor or a tuple of tensors")
+    n = len(outs)
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
@@ -205,11 +225,35 @@ def _quiet_exporter():
             if debug:
                 yield
             else:
-                with contextlib.redirect_stdout(_Sink()):
+                with contextlib.redirect_stdout(_Sink()), _fd1_to_devnull():
                     yield
         finally:
             for lg, lv in zip(loggers, levels):
                 lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def _fd1_to_devnull():
+    """torch's C++ side writes to file descriptor 1 directly (the legacy exporter dumps its whole IR
+    graph there when it fails: torch's setup_onnx_logging always enables that log)."""
+    import os
+    import sys
+
+    try:
+        for stream in (sys.stdout, sys.__stdout__):
+            if stream is not None:
+                stream.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (embedded, closed): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Sink:
@@ -243,7 +287,7 @@ def _export_module(module, args, input_names, output_names, axes, opset, exporte
             errors.append(f"dynamo: {type(e).__name__}: {_first_line(e)}")
             if exporter == "dynamo":
                 raise BadInputError(f"torch.onnx (dynamo) could not export the model: {errors[-1]}") from None
-            log.warning("dynamo export failed (%s); trying the legacy TorchScript exporter", errors[-1])
+            log.debug("dynamo export failed (%s); trying the legacy TorchScript exporter", errors[-1])
     try:
         with _quiet_exporter(), tempfile.TemporaryDirectory() as td:
             path = Path(td) / "model.onnx"
@@ -252,6 +296,8 @@ def _export_module(module, args, input_names, output_names, axes, opset, exporte
                               dynamic_axes={n: {k % args[i].dim(): v for k, v in axes.get(n, {}).items()}
                                             for i, n in enumerate(input_names)})
             model = onnx.load_model(str(path))
+        if errors:  # only now: when legacy fails too, the error below names both and is the one line
+            log.warning("dynamo export failed (%s); exported with the legacy TorchScript exporter", errors[-1])
         return model, "legacy"
     except Exception as e:
         errors.append(f"legacy: {type(e).__name__}: {_first_line(e)}")
@@ -360,8 +406,11 @@ def _verify(model, module, args, input_names, atol) -> float:
         if o.shape != r.shape:
             raise CheckFailedError(f"exported output has shape {o.shape}, PyTorch gives {r.shape}")
         if o.size:
-            worst = max(worst, float(np.nanmax(np.abs(o.astype(np.float64) - r))) if np.isfinite(r).all() else
-                        float(np.abs(np.nan_to_num(o - r)).max()))
+            o64, r64 = o.astype(np.float64), np.asarray(r, dtype=np.float64)
+            if (np.isnan(o64) != np.isnan(r64)).any():
+                return float("inf")  # NaN on one side only is a disagreement (nanmax used to skip it)
+            d = np.abs(o64 - r64)
+            worst = max(worst, float(d[~np.isnan(d)].max(initial=0.0)))  # NaN here: both NaN, or equal infs
     return worst
 
 
@@ -411,5 +460,12 @@ def read_metadata(model) -> dict[str, str]:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    """The line of an error message that says what went wrong, without terminal colour codes. torch.onnx's
+    dynamo errors open with generic advice and name the real failure under "## Exception summary"."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if "## Exception summary" in lines:
+        rest = lines[lines.index("## Exception summary") + 1:]
+        if rest:
+            return re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>", r"\1", rest[0])[:300]
     return lines[0][:300] if lines else type(e).__name__
