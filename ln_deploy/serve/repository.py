@@ -381,6 +381,9 @@ def validate_model_dir(model_dir: str | os.PathLike, *, name: str | None = None,
     if platform not in DEFAULT_FILENAMES:
         raise CheckFailedError(f"{cfg_path}: platform {config.platform or config.backend!r} is not one ln_deploy writes")
     filename = config.default_model_filename or DEFAULT_FILENAMES[platform]
+    if filename in (".", "..") or "/" in filename or "\\" in filename:
+        # the config is untrusted: "../../elsewhere/x.onnx" would have `serve` load a file outside the repository
+        raise CheckFailedError(f"{cfg_path}: default_model_filename {filename!r} is not a file name")
     versions = version_dirs(model_dir)
     if not versions:
         raise CheckFailedError(f"{model_dir}: no numeric version folder")
@@ -397,6 +400,9 @@ def validate_model_dir(model_dir: str | os.PathLike, *, name: str | None = None,
         model_file = vdir / filename
         if not model_file.is_file():
             problems.append(f"{model_file} is missing")
+            continue
+        if model_dir.resolve() not in model_file.resolve().parents:
+            problems.append(f"{model_file} is a link to a file outside the model folder")
             continue
         try:
             sig = model_signature_from_file(model_file, platform)
