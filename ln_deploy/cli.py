@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ln-deploy {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # Backstop: the file system refusing a path no check anticipated (a name too long, a permission,
+        # an I/O error) is about the user's files or machine: one line, exit 2; --debug shows where.
+        if args.debug:
+            raise
+        where = f": {str(e.filename)[:200]}" if e.filename else ""
+        print(f"ln-deploy {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"ln-deploy {args.command}: interrupted", file=sys.stderr)
         return 130

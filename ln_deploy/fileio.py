@@ -19,14 +19,17 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise BadInputError("output path is empty")
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
-    if not parent.exists():
-        raise BadInputError(f"output directory does not exist: {parent}")
-    if not parent.is_dir():
-        raise BadInputError(f"output directory is not a directory: {parent}")
-    if p.is_dir():
-        raise BadInputError(f"output path is a directory: {p}")
-    if (p.exists() or p.is_symlink()) and not p.is_file():
-        raise BadInputError(f"output path exists and is not a regular file: {p}")
+    try:
+        if not parent.exists():
+            raise BadInputError(f"output directory does not exist: {parent}")
+        if not parent.is_dir():
+            raise BadInputError(f"output directory is not a directory: {parent}")
+        if p.is_dir():
+            raise BadInputError(f"output path is a directory: {p}")
+        if (p.exists() or p.is_symlink()) and not p.is_file():
+            raise BadInputError(f"output path exists and is not a regular file: {p}")
+    except OSError as e:  # e.g. a name too long for the file system
+        raise BadInputError(f"output path {str(p)[:200]!r} cannot be used: {e.strerror or type(e).__name__}") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
         os.close(fd)
@@ -119,10 +122,13 @@ def load_onnx(path: str | os.PathLike, *, check: bool = True, load_external_data
     from google.protobuf.message import DecodeError
 
     p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"no such file: {p}")
-    if not p.is_file():
-        raise BadInputError(f"not a file: {p}")
+    try:
+        if not p.exists():
+            raise BadInputError(f"no such file: {p}")
+        if not p.is_file():
+            raise BadInputError(f"not a file: {p}")
+    except OSError as e:  # e.g. a name too long for the file system
+        raise BadInputError(f"{str(p)[:200]!r} cannot be read: {e.strerror or type(e).__name__}") from None
     try:
         model = onnx.load_model(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as e:
