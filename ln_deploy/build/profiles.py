@@ -60,6 +60,9 @@ def model_inputs(model) -> list[InputDims]:
     return out
 
 
+MAX_DIM = 2**31 - 1
+
+
 def parse_shape(text: str, what: str) -> tuple:
     parts = text.lower().replace(",", "x").split("x")
     try:
@@ -68,6 +71,8 @@ def parse_shape(text: str, what: str) -> tuple:
         raise BadInputError(f"{what}: {text!r} is not a shape like 1x8x64") from None
     if any(d <= 0 for d in dims):
         raise BadInputError(f"{what}: every dimension must be positive, got {text!r}")
+    if any(d > MAX_DIM for d in dims):
+        raise BadInputError(f"{what}: a dimension above {MAX_DIM} in {text!r}")
     return dims
 
 

@@ -189,6 +189,8 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
 
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if opset is not None and not 1 <= opset <= onnx.defs.onnx_opset_version():
+        raise BadInputError(f"opset {opset} is not one the installed onnx knows (1..{onnx.defs.onnx_opset_version()})")
     if isinstance(model, (str, os.PathLike)):
         model = load_onnx(model)
     if not isinstance(model, onnx.ModelProto):
