@@ -43,8 +43,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def atomic_output(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    After a failure neither a partial file nor the temporary is left, and an older file at
-    ``path`` is removed too (a stale output must not pass for the result of this run).
+    After a failure neither a partial file nor the temporary is left; a file already at ``path``
+    is left as it was (it may be the command's own input: ``fuse m.onnx -o m.onnx``). ``export``
+    removes a stale model itself, since its output is never one of its inputs.
     """
     p = check_output_path(path)
     try:
@@ -61,9 +62,6 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
             raise BadInputError(f"cannot write {p}: {e.strerror or type(e).__name__}") from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            if p.exists() and p.is_file():
-                p.unlink()
         raise
 
 

@@ -625,3 +625,18 @@ def test_export_verification_counts_one_sided_nan():
     args = (-torch.ones(2, 3),)
     assert _verify(model, lambda t: torch.zeros(2, 3), args, ["x"], 1e-4) == float("inf")
     assert _verify(model, lambda t: torch.full((2, 3), float("nan")), args, ["x"], 1e-4) == 0.0
+
+
+def test_failed_write_leaves_an_existing_file_as_it_was(tmp_path):
+    """A write that fails never touches the file already at the output path: it may be the
+    command's own input (`fuse m.onnx -o m.onnx`)."""
+    from ln_deploy.fileio import atomic_output
+
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"the user's model")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("failed mid-write")
+    assert target.read_bytes() == b"the user's model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left
