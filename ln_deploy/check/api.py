@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from collections import OrderedDict
 
 from .. import progress
@@ -120,6 +121,7 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
             precision = detect_precision(model)
         profile = make_profile(precision, tolerances)
         out_names = onnx_output_names(model)
+        _validate_paths_and_overrides(engine, plugins, profile, out_names)
         report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
                              engine=str(engine) if engine else None, tolerances=profile.to_json())
 
@@ -186,6 +188,19 @@ def _feeds(inputs, gen, loaded, onnx_ins):
         return [gen.feed()], "seeded random"
     feeds = load_npz(inputs, onnx_ins)
     return [cast_feed(f, loaded) for f in feeds], f"file {inputs}"
+
+
+def _validate_paths_and_overrides(engine, plugins, profile, out_names) -> None:
+    """Files named on the command line exist even where TensorRT is skipped, and per-output
+    tolerances name real outputs (a typo would otherwise be ignored silently)."""
+    for what, p in [("engine", engine), *(("plugin library", q) for q in plugins or ())]:
+        if p is not None and not Path(p).is_file():
+            raise BadInputError(f"{what} not found: {p}")
+    for key in ("atol", "rtol"):
+        unknown = sorted(set(getattr(profile, f"{key}_overrides")) - set(out_names))
+        if unknown:
+            raise BadInputError(f"--{key} names output(s) {', '.join(unknown)} the model does not have "
+                                f"(outputs: {', '.join(out_names)})")
 
 
 def _same_weights(loaded, model, onnx_path) -> None:

@@ -122,6 +122,17 @@ def test_bad_tolerance_option(encoder):
                     "--atol")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--atol", "outptu=0.1"], "outptu"),  # a typo in an output name is not silently ignored
+    (["--engine", "/no/such/engine.plan"], "engine not found"),  # even where TensorRT is skipped
+    (["--engine", "__ONNX__", "--plugins", "/no/such/lib.so"], "plugin library not found"),
+])
+def test_named_files_and_outputs_must_exist(encoder, args, needle):
+    _, onnx_path = encoder
+    args = [str(onnx_path) if a == "__ONNX__" else a for a in args]
+    _one_line_error(*_cli(spec_path(BUNDLED["pre_ln_encoder"]), "--onnx", onnx_path, *args)[::2], needle)
+
+
 def test_step_mode_export_is_refused_clearly(export_spec):
     _, onnx_path = export_spec(BUNDLED["ln_gru"], rnn_mode="step")
     rc, _, err = _cli(spec_path(BUNDLED["ln_gru"]), "--onnx", onnx_path)

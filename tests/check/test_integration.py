@@ -159,7 +159,9 @@ def test_tensorrt_skipped_with_reason_when_missing(export_spec, tmp_path):
     if _tensorrt_reason() is None:
         pytest.skip("TensorRT and a GPU are present: the skip path is not reachable here")
     loaded, onnx_path = export_spec(BUNDLED["pre_ln_encoder_block"])
-    report = check_model(loaded, onnx_path, engine=tmp_path / "engine.plan", localise=False, invariance=False)
+    engine = tmp_path / "engine.plan"
+    engine.write_bytes(b"placeholder: TensorRT is skipped before the engine is read")
+    report = check_model(loaded, onnx_path, engine=engine, localise=False, invariance=False)
     trt = next(r for r in report.runners if r["name"] == "tensorrt")
     assert trt["status"] == "skipped" and trt["reason"] == _tensorrt_reason()
     assert report.passed  # the rest still ran
