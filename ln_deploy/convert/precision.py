@@ -116,6 +116,47 @@ def _type_param_info(schema):
 
 
 _TYPE_STR = {FLOAT16: "tensor(float16)", BFLOAT16: "tensor(bfloat16)", FLOAT: "tensor(float)"}
+_BODY_TYPES: dict = {}
+
+
+def function_body_types(schema, node, in_types):
+    """Output element types of ``node``'s ONNX function body for these input element types (0 =
+    unknown), or None when the body does not type-check with them (or cannot be instantiated).
+    An op without a function body gives ``()``. Cached per (op, attributes, types)."""
+    import onnx
+    from onnx import helper
+
+    if not (schema.has_function or schema.has_context_dependent_function):
+        return ()
+    n = len(node.input)
+    while n and not node.input[n - 1]:
+        n -= 1
+    in_types = tuple(in_types[:n])
+    if any(not t for t, name in zip(in_types, node.input) if name):
+        return None  # an input of unknown type: cannot tell
+    attrs = tuple(sorted(a.SerializeToString() for a in node.attribute))
+    key = (schema.domain, schema.name, schema.since_version, in_types, attrs)
+    if key in _BODY_TYPES:
+        return _BODY_TYPES[key]
+    tps = [helper.make_tensor_type_proto(t, None) if t else onnx.TypeProto() for t in in_types]
+    result = None
+    try:
+        f = onnx.FunctionProto()
+        if schema.has_context_dependent_function:
+            probe = onnx.NodeProto()
+            probe.CopyFrom(node)
+            del probe.input[n:]
+            f.ParseFromString(schema.get_context_dependent_function(
+                probe.SerializeToString(), [t.SerializeToString() for t in tps]))
+        else:
+            f.CopyFrom(schema.function_body)
+        outs = onnx.shape_inference.infer_function_output_types(f, tps, list(node.attribute))
+        result = tuple(o.tensor_type.elem_type if o.HasField("tensor_type") else 0 for o in outs)
+    except Exception as e:  # the body rejects these types (a type error), or cannot be built
+        log.debug("%s body with input types %s: %s", schema.name, in_types, str(e).splitlines()[0] if str(e) else e)
+        result = None
+    _BODY_TYPES[key] = result
+    return result
 
 
 def is_plugin(node) -> bool:
@@ -143,13 +184,29 @@ class _Typer:
         allowed = _type_param_info(schema).get(f.type_str, {f.type_str})
         return _TYPE_STR[self.low] in allowed
 
-    def _agnostic(self, schema, i) -> bool:
-        """An input whose type parameter nothing else shares (Cast's, Shape's): any type will do."""
+    def _agnostic(self, schema, i, node=None) -> bool:
+        """An input whose type parameter nothing else shares (Cast's, Shape's): any type will do.
+
+        The schema's type parameters are not the whole story for an op defined by an ONNX function
+        body, which is what ONNX Runtime runs when it has no kernel: RMSNormalization (opset 23)
+        declares X: T and scale: V independently, but its body computes ``Mul(Cast<to=T>(...),
+        scale)``, so T and V must be equal. For such ops the input only counts as agnostic when the
+        body type-checks with it in fp32 and the other float inputs in the low type, and vice versa.
+        """
         f = _formal(schema.inputs, i)
         if f is None or f.type_str not in _type_param_info(schema):
             return False
         others = [x.type_str for j, x in enumerate(schema.inputs) if j != i] + [o.type_str for o in schema.outputs]
-        return f.type_str not in others
+        if f.type_str in others:
+            return False
+        if node is None or not (schema.has_function or schema.has_context_dependent_function):
+            return True
+        base = [self.orig.get(n, 0) if n else 0 for n in node.input]
+        for mine, rest in ((FLOAT, self.low), (self.low, FLOAT)):
+            types = [mine if j == i else (rest if t == FLOAT else t) for j, t in enumerate(base)]
+            if function_body_types(schema, node, types) is None:
+                return False
+        return True
 
     def io(self, node, decision: str):
         """(wanted input types, output types); None = leave as is."""
@@ -161,8 +218,13 @@ class _Typer:
             if not name or self.orig.get(name) != FLOAT:
                 ins.append(None)
                 continue
-            if node.op_type in _TYPE_FROM_ATTR or (schema is not None and self._agnostic(schema, i)):
+            if node.op_type in _TYPE_FROM_ATTR:
                 ins.append(None)
+            elif schema is not None and self._agnostic(schema, i, node):
+                # A low node takes whatever it is given. An fp32 (or emulated) node gets exactly the
+                # types it had in the fp32 model, for which the runtime has a kernel: Pow(fp32 x,
+                # bf16 exponent) is valid ONNX, but ORT's CPU provider has no such kernel.
+                ins.append(None if decision == "low" else FLOAT)
             elif decision == "low" and (is_plugin(node) or (schema is not None and self._convertible(schema, i))):
                 ins.append(self.low)
                 if schema is not None:
@@ -234,7 +296,7 @@ class _Rewriter:
                 if g_attr.type == onnx.AttributeProto.GRAPH:
                     self.rewrite(g_attr.g, f"{scope}{node.name}/", keep_io=True)
             want_in, outs = self.typer.io(node, "low" if decision == "low" else "fp32")
-            low_in = self.typer.io(node, "low")[0] if decision == "emulate" else want_in
+            low_in, low_out = self.typer.io(node, "low") if decision == "emulate" else (want_in, outs)
             for i, name in enumerate(node.input):
                 w = want_in[i]
                 if w is None or not name:
@@ -255,10 +317,14 @@ class _Rewriter:
                 t = outs[j] if j < len(outs) else None
                 if not name:
                     continue
-                if decision == "emulate" and t == FLOAT:
+                if decision == "emulate" and t == FLOAT and j < len(low_out) and low_out[j] == low:
+                    # rounded as the engine stores it; an output that stays fp32 in the low form
+                    # (LayerNormalization's Mean/InvStdDev: the stash type) is not
                     raw = f"{name}__fp32"
                     node.output[j] = raw
-                    post.append(helper.make_node("Cast", [raw], [name], to=low, name=f"{scope}{node.name}/round"))
+                    suffix = "" if j == 0 else f"_{j}"  # one rounding Cast per output, each named apart
+                    post.append(helper.make_node("Cast", [raw], [name], to=low,
+                                                 name=f"{scope}{node.name}/round{suffix}"))
                     self.report.casts_inserted += 1
                     cur[raw] = FLOAT
                     t = low
@@ -549,7 +615,9 @@ class _Planner:
         kernels; for the rest it computes in fp32 and drops the rounding between consecutive nodes
         (its InsertCastTransformer), which hides exactly the overflows this tool must show. With the
         explicit Casts every tensor is rounded to the low type as it is on a GPU engine. Data-movement
-        ops keep their low-precision form when ORT has a kernel for it (probed)."""
+        ops keep their low-precision form when ORT has a kernel for it (probed). ln_deploy's plugin
+        nodes are emulated too: ORT runs them through their reference expansion (ln_deploy.check),
+        whose final ``* scale (+ bias)`` in the input type has no bf16 kernel on ORT's CPU provider."""
         from .ort_support import cpu_supports
 
         opset = tuple((o.domain, o.version) for o in self.model.opset_import)
@@ -557,7 +625,7 @@ class _Planner:
             key = scope + node.name
             for g in subgraphs(node):
                 self.emulation(g, f"{key}/")
-            if self.plan.get(key) not in ("low", "emulate") or is_plugin(node):
+            if self.plan.get(key) not in ("low", "emulate"):
                 continue
             want_in, outs = self.typer.io(node, "low")
             if not any(t == self.typer.low for t in list(want_in) + list(outs)):
