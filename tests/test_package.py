@@ -99,3 +99,13 @@ def test_atomic_output_leaves_nothing_after_a_failure(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_test_module_basenames_are_unique():
+    """tests/ has no __init__.py files: pytest's default import mode imports each test file by its
+    basename, so two files with one name break collection on a clean clone."""
+    import collections
+    from pathlib import Path
+
+    names = collections.Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], names
