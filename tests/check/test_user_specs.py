@@ -5,6 +5,7 @@ Hugging Face architectures (built from tiny configs, no download) checked end to
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,50 +108,13 @@ def test_check_refuses_weights_other_than_the_exported_ones(spec_file, tmp_path)
     assert not (tmp_path / "rep").exists()
 
 
-HF_SPEC = textwrap.dedent('''
-    import os
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    import transformers as T
-
-
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(input_ids=ids).last_hidden_state
-
-
-    def _ids():
-        return (torch.randint(0, 100, (2, 12)),)
-
-
-    def bert():  # unseeded on purpose: random init, as a user's quick spec would be
-        return Wrap(T.BertModel(T.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=128, max_position_embeddings=32))), _ids()
-
-
-    def gpt2():
-        return Wrap(T.GPT2Model(T.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=32,
-                                             bos_token_id=0, eos_token_id=0))), _ids()
-
-
-    def llama():
-        return Wrap(T.LlamaModel(T.LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                               num_key_value_heads=2, intermediate_size=128))), _ids()
-''')
-
-
 @pytest.mark.hf
 @pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
 def test_public_architecture_exports_and_checks(name, tmp_path):
     """The user's path on a public architecture: export, then check (dropout inside attention is
     switched off for train/eval, the norms are localised, everything passes)."""
     pytest.importorskip("transformers")
-    spec = tmp_path / "hf_specs.py"
-    spec.write_text(HF_SPEC)
+    spec = Path(__file__).resolve().parents[1] / "hf_specs.py"
     out = tmp_path / f"{name}.onnx"
     for cmd in (["export", f"{spec}:{name}", "-o", str(out)],
                 ["check", f"{spec}:{name}", "--onnx", str(out), "--report-dir", str(tmp_path / "rep"), "--no-plots"]):

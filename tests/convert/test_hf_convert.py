@@ -10,7 +10,7 @@ bf16 Add/Mul/MatMul kernel, so check refuses it as unloadable (exit 2), which is
 """
 
 import os
-import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -18,44 +18,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 pytestmark = pytest.mark.hf
 
-SPEC = textwrap.dedent('''
-    import os
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    import transformers as T
-
-
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(input_ids=ids).last_hidden_state
-
-
-    def _ids():
-        return (torch.randint(0, 100, (2, 16)),)
-
-
-    def bert():
-        return Wrap(T.BertModel(T.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=128)).eval()), _ids()
-
-
-    def gpt2():
-        return Wrap(T.GPT2Model(T.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4)).eval()), _ids()
-
-
-    def llama():
-        return Wrap(T.LlamaModel(T.LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                               intermediate_size=128)).eval()), _ids()
-
-
-    def t5():
-        return Wrap(T.T5EncoderModel(T.T5Config(vocab_size=100, d_model=64, num_layers=2, num_heads=4, d_ff=128,
-                                                d_kv=16)).eval()), _ids()
-''')
+SPEC_FILE = Path(__file__).resolve().parents[1] / "hf_specs.py"  # shared with the other hf tests
 
 # name -> what fuse(target=onnx, opset 23) fuses: BERT/GPT-2 export LayerNormalization already (nothing
 # to fuse, the "fused" form is the exported one); LLaMA/T5 hand-write RMSNorm (5 each).
@@ -65,9 +28,7 @@ MODELS = {"bert": 0, "gpt2": 0, "llama": 5, "t5": 5}
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory):
     pytest.importorskip("transformers")
-    p = tmp_path_factory.mktemp("hf") / "hf_specs.py"
-    p.write_text(SPEC)
-    return p
+    return SPEC_FILE
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
