@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec ${PYTHON:-python3} -m ln_deploy demo --out "${OUT:-out/demo}"
+source scripts/_python.sh
+exec "$PY" -m ln_deploy demo --out "${OUT:-out/demo}"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Install ln_deploy and everything its tests use into the current Python, CPU only.
+# Install ln_deploy and everything its tests use, CPU only, into ./.venv (created if needed),
+# the active virtual environment, or $PYTHON.
 # Idempotent: a second run installs nothing new. torch's CPU build goes first so that no
 # dependency pulls the multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/_python.sh
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi

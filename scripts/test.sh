@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
-PY=${PYTHON:-python3}
+source scripts/_python.sh
 "$PY" -m pytest -q "$@"
 rc=$?
 # pytest's 5 means "no test ran": a suite that runs nothing is a failure, not a pass.
