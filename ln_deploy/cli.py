@@ -2,7 +2,9 @@
 
 Each subcommand lives in its stage's ``cli`` module, which defines ``add_arguments(parser)`` and
 ``run(args) -> int``; those modules import nothing heavy at module level so ``--help`` is instant.
-Exit codes: 0 success, 1 a check failed, 2 bad input or usage (argparse's own code for usage too).
+Exit codes: 0 success, 1 a check failed, 2 bad input or usage (argparse's own code for usage too),
+3 an internal error (a bug in ln_deploy: one line asking for a report; ``--debug`` shows the traceback),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -87,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ln-deploy {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the backstop: anything else is ln_deploy's bug, not a failed check
+        if args.debug:
+            raise
+        from .errors import InternalError
+
+        err = InternalError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+        print(f"ln-deploy {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _refuse_empty_values(parser: argparse.ArgumentParser, args) -> None:

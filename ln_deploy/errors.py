@@ -31,6 +31,16 @@ class CheckFailedError(LnDeployError):
     exit_code = 1
 
 
+class InternalError(LnDeployError):
+    """A bug in ln_deploy, not in the user's input or model (exit 3): the message ends with
+    "please report this"; ``--debug`` shows the traceback."""
+
+    exit_code = 3
+
+    def __init__(self, what: str):
+        super().__init__(f"internal error: {what}; please report this (--debug shows the traceback)")
+
+
 def require(module: str, extra: str | None = None, what: str | None = None):
     """Import an optional dependency, or raise MissingDependencyError naming the extra to install."""
     import importlib
