@@ -10,9 +10,11 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or usage (argparse's own co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 
 from . import __version__
@@ -27,7 +29,10 @@ COMMANDS = {
     "build": ("ln_deploy.build.cli", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "check": ("ln_deploy.check.cli", "prove parity of PyTorch, ONNX Runtime and TensorRT"),
     "package": ("ln_deploy.serve.package_cli", "write a Triton model repository"),
+    "manifests": ("ln_deploy.serve.manifests_cli", "write validated Kubernetes/KServe manifests for a repository"),
     "serve": ("ln_deploy.serve.cli", "serve a model over the KServe v2 protocol on ONNX Runtime"),
+    "deploy": ("ln_deploy.deploy.cli", "export, fuse, convert, build, check and package in one certified run"),
+    "verify": ("ln_deploy.deploy.verify_cli", "re-check a packaged model against its parity certificate"),
     "demo": ("ln_deploy.demo", "export and check every bundled model on the CPU"),
 }
 
@@ -70,8 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     from . import progress
 
     progress.set_quiet(args.quiet)
+    from . import interrupts
+
+    with interrupts.handling():
+        rc = _run(parser, args)
+        # An interrupt some fallback swallowed still ends the command with the signal's code (and
+        # fileio committed nothing after it arrived).
+        return interrupts.exit_code() or rc
+
+
+def _run(parser, args) -> int:
     try:
         _refuse_empty_values(parser, args)
+        _refuse_outputs_over_inputs(parser, args)
         return int(args._run(args) or 0)
     except LnDeployError as e:
         if args.debug:
@@ -86,17 +102,67 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {str(e.filename)[:200]}" if e.filename else ""
         print(f"ln-deploy {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"ln-deploy {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
+    except RecursionError as e:  # a hostile file nested deeper than any reader expected
+        if args.debug:
+            raise
+        print(f"ln-deploy {args.command}: error: an input is nested too deeply to read ({e})", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - the backstop: anything else is ln_deploy's bug, not a failed check
         if args.debug:
             raise
+        if type(e).__module__.startswith("onnxruntime"):
+            # ONNX Runtime failing while running the user's model (a fixed-shape Reshape fed another batch,
+            # a kernel refusing a shape) is about the model: one line, exit 2, not an internal error.
+            print(f"ln-deploy {args.command}: error: ONNX Runtime failed on the model: {_ort_message(e)}",
+                  file=sys.stderr)
+            return 2
         from .errors import InternalError
 
         err = InternalError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
         print(f"ln-deploy {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+
+
+# Options whose value a command writes (a file or a folder); every other path-like option is read.
+OUTPUT_OPTIONS = ("output", "report", "report_dir", "repo", "out", "timing_cache")
+
+
+def _refuse_outputs_over_inputs(parser: argparse.ArgumentParser, args) -> None:
+    """An output (``-o``, ``--report``, ``--report-dir``...) that is the same file as an input (the model,
+    the SPEC's file, a checkpoint, inputs) or as another output is refused before anything runs:
+    ``fuse m.onnx -o o.onnx --report m.onnx`` replaced the model with JSON, ``export f.py:g -o f.py``
+    deleted the SPEC file. Derived outputs count too (build's ``ENGINE.json`` sidecar)."""
+    from .fileio import refuse_same_files
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    outputs, inputs = {}, {}
+    for action in sub.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        for v in values:
+            if not isinstance(v, str) or not v:
+                continue
+            if action.dest in OUTPUT_OPTIONS:
+                outputs[name if name not in outputs else f"{name} ({v})"] = v
+            else:  # only existing files can be overwritten (and --name m must not match --repo m)
+                path, sep, attr = v.rpartition(":")  # SPEC: path/to/file.py:NAME
+                for candidate, label in ((v, name), (path if sep and attr.isidentifier() else "", f"{name}'s file")):
+                    with contextlib.suppress(OSError, ValueError):
+                        if candidate and os.path.isfile(candidate):
+                            inputs[f"{label} ({candidate})" if len(values) > 1 else label] = candidate
+    if args.command == "build" and isinstance(getattr(args, "output", None), str):
+        outputs["the engine's sidecar"] = args.output + ".json"
+    refuse_same_files(outputs, inputs)
+
+
+def _ort_message(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    text = text.split("Status Message: ", 1)[-1]
+    return text[:300] or type(e).__name__
 
 
 def _refuse_empty_values(parser: argparse.ArgumentParser, args) -> None:

@@ -23,16 +23,42 @@ def add_arguments(p) -> None:
     p.add_argument("--model-root", default="/models",
                    help="where the repository is mounted in the server container (default /models)")
     p.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    p.add_argument("--k8s", metavar="DIR", default=None,
+                   help="also write Kubernetes and KServe manifests for the repository into DIR, validated "
+                        "(as `ln-deploy manifests REPO -o DIR`)")
+    from .manifests_cli import add_manifest_options
+
+    add_manifest_options(p, in_package=True)
 
 
 def run(args) -> int:
+    from ..errors import BadInputError
     from ..progress import step
     from .repository import package_model
 
+    manifest_opts = None
+    if args.k8s is None:
+        if args.storage_uri is not None or args.kserve_crd is not None:
+            raise BadInputError("--storage-uri and --kserve-crd are for --k8s DIR")
+    else:  # refuse bad manifest options before the repository is touched
+        from .manifests import check_output_dir, prepare
+        from .manifests_cli import options_from_args
+
+        if args.storage_uri is None:
+            raise BadInputError("--k8s needs --storage-uri (where the cluster reads the repository from)")
+        manifest_opts = options_from_args(args, args.name)
+        prepare(manifest_opts)
+        check_output_dir(args.k8s)
     with step(f"packaging {args.model} as {args.name!r}"):
         result = package_model(
             args.model, args.repo, args.name, max_batch_size=args.max_batch_size, instances=args.instances,
             kind=args.kind, plugin=args.plugin, batch_window_us=args.batch_window_us, version=args.version,
             model_root=args.model_root, force=args.force)
     print(result.summary())
+    if manifest_opts is not None:
+        from .manifests import generate_manifests
+
+        with step(f"writing manifests into {args.k8s}"):
+            manifests = generate_manifests(args.repo, args.k8s, manifest_opts)
+        print(manifests.summary())
     return 0
