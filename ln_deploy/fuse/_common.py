@@ -50,7 +50,25 @@ class FuseContext:
     limit: int | None = None  # apply at most this many rewrites (bisection)
     rejections: list[Rejection] = field(default_factory=list)
     applied: list[Applied] = field(default_factory=list)
+    canonicalised: dict = field(default_factory=dict)  # what the exact canonical forms changed
+    notes: list[str] = field(default_factory=list)  # said in the report (e.g. an inexact-but-bounded fusion)
     _seen: set = field(default_factory=set)
+    _order: dict | None = None
+
+    def new_pass(self) -> None:
+        """A rule pass starts: the graph order cached for reports is stale."""
+        self._order = None
+
+    def position(self, node: ir.Node, graph) -> int:
+        """Where ``node`` sits in ``graph`` (nodes a rewrite of this pass added: after all others),
+        from one order computed per pass, not per match."""
+        if self._order is None:
+            self._order = {n: i for i, n in enumerate(graph)}
+        return self._order.get(node, len(self._order))
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def reject(self, rule: str, nodes, reason: str, root=None) -> None:
         names = [node_label(n) for n in nodes]

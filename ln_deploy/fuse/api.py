@@ -1,9 +1,10 @@
 """``fuse_model`` / ``fuse_file``: recognise normalization in any ONNX graph and fuse it.
 
-Pipeline: shape inference → onnx_ir → common-subexpression elimination → canonical Cast chains →
-the rule families (``rules/``) until nothing changes → lowering to the target (``lower``) →
-dead-node removal → the safety check in ONNX Runtime (``verify``), bisected to one rewrite when
-it fails. The input model is never modified.
+Pipeline: topological sort (when the file is out of order) → the ONNX checker → shape inference →
+onnx_ir → the exact canonical forms (``canonical``: constant folding, shape no-ops, common
+subexpressions) → canonical Cast chains → the rule families (``rules/``) until nothing changes →
+lowering to the target (``lower``) → dead-node removal → the safety check in ONNX Runtime
+(``verify``), bisected to one rewrite when it fails. The input model is never modified.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FuseReport:
     max_error: float | None = None
     seconds: float = 0.0
     applied: list = field(default_factory=list)
+    canonicalised: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class FuseReport:
             "verified": self.verified,
             "max_relative_error": self.max_error,
             "seconds": round(self.seconds, 3),
+            "canonicalised": self.canonicalised,
             "rewrites": self.applied,
         }
 
@@ -104,6 +107,7 @@ def _run(proto, target: str, limit: int | None = None, extra_rules=None):
     import onnx_ir.passes.common as passes
 
     from ._common import FuseContext, fuse_context
+    from .canonical import canonicalise
     from .lower import lower
 
     try:
@@ -116,13 +120,15 @@ def _run(proto, target: str, limit: int | None = None, extra_rules=None):
         if not node.name:
             seen[node.op_type] += 1
             node.name = f"{node.op_type}_{seen[node.op_type]}"
-    passes.CommonSubexpressionEliminationPass()(model)
     ctx = FuseContext(target=target, opset=_opset(proto), limit=limit)
+    ctx.canonicalised = dict(canonicalise(model))
     canonical, main = _rule_sets(extra_rules)
     with fuse_context(ctx):
+        ctx.new_pass()
         if canonical.apply_to_model(model):
             passes.IdentityEliminationPass()(model)
         for _ in range(8):
+            ctx.new_pass()
             if not main.apply_to_model(model):
                 break
         counts = lower(model, target)
