@@ -22,7 +22,8 @@ from typing import Any
 from .errors import BadInputError, LnDeployError, MissingDependencyError  # noqa: F401 (re-exported)
 
 __all__ = [
-    "KernelError", "load_library", "load_host_library", "library_path", "select_strategy", "workspace_bytes",
+    "KernelError", "load_library", "load_host_library", "library_path", "plugin_library", "PLUGIN_LIBRARY",
+    "select_strategy", "workspace_bytes",
     "norm", "host_norm", "bitwise_batch_invariance", "ptxas_report", "format_ptxas_table",
     "DTYPES", "KINDS", "KERNELS", "DEFAULT_SM_COUNT",
 ]
@@ -61,22 +62,53 @@ class _NormArgs(ctypes.Structure):
     ]
 
 
+PLUGIN_LIBRARY = "libln_deploy_trt_plugin.so"
+
+
+def _install_dirs() -> list[Path]:
+    """Where ``cmake --install plugins/build --prefix P`` puts the libraries (P/lib) for the usual P:
+    this Python environment's prefix, then /usr/local."""
+    import sys
+
+    dirs = []
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix, "/usr/local")):
+        dirs += [Path(prefix) / "lib", Path(prefix) / "lib64"]
+    return dirs
+
+
 def library_path(name: str = "libln_kernels.so") -> Path | None:
     """Where a native library is: ``$LN_DEPLOY_KERNELS_DIR`` (or ``$LN_DEPLOY_KERNELS_LIB`` for
-    libln_kernels.so itself), else plugins/build/ of this checkout. None when absent."""
+    libln_kernels.so itself), else plugins/build/ of this checkout, else an installed copy
+    (``<prefix>/lib`` of this environment or /usr/local). None when absent."""
     if name == "libln_kernels.so" and os.environ.get("LN_DEPLOY_KERNELS_LIB"):
         p = Path(os.environ["LN_DEPLOY_KERNELS_LIB"])
         return p if p.is_file() else None
-    for d in (os.environ.get("LN_DEPLOY_KERNELS_DIR"), DEFAULT_BUILD_DIR):
+    for d in (os.environ.get("LN_DEPLOY_KERNELS_DIR"), DEFAULT_BUILD_DIR, *_install_dirs()):
         if d and (Path(d) / name).is_file():
             return Path(d) / name
     return None
 
 
+def plugin_library() -> Path | None:
+    """ln_deploy's TensorRT plugin library (one self-contained file), found like :func:`library_path`:
+    ``$LN_DEPLOY_PLUGIN_LIB`` (the file itself), ``$LN_DEPLOY_KERNELS_DIR``, plugins/build/ of this
+    checkout, then an installed copy. None when none is there. ``build``, ``check`` and ``package``
+    use it when the model needs the plugin and none was passed."""
+    if os.environ.get("LN_DEPLOY_PLUGIN_LIB"):
+        p = Path(os.environ["LN_DEPLOY_PLUGIN_LIB"])
+        return p if p.is_file() else None
+    return library_path(PLUGIN_LIBRARY)
+
+
 _LIBS: dict[str, ctypes.CDLL] = {}
+# name -> the handle found by library_path(): after the first call a launch costs no file-system
+# lookup (the search is ~100 us of Python, more than a small kernel). Set the environment first.
+_DEFAULT_LIBS: dict[str, ctypes.CDLL] = {}
 
 
 def _load(name: str, path: str | Path | None, setup) -> ctypes.CDLL:
+    if path is None and name in _DEFAULT_LIBS:
+        return _DEFAULT_LIBS[name]
     p = Path(path) if path else library_path(name)
     if p is None or not p.is_file():
         raise MissingDependencyError(name, "build it with scripts/build_plugins.sh (needs nvcc; see docs/kernels.md)")
@@ -88,6 +120,8 @@ def _load(name: str, path: str | Path | None, setup) -> ctypes.CDLL:
             raise MissingDependencyError(name, f"{key} did not load: {e}") from None
         setup(lib)
         _LIBS[key] = lib
+    if path is None:
+        _DEFAULT_LIBS[name] = _LIBS[key]
     return _LIBS[key]
 
 
@@ -178,21 +212,48 @@ def _norm_args(x, scale, bias, residual, y, sum_out, hidden: int, kind: str, eps
     return a
 
 
-def _check_operands(x, scale, bias, residual, device_kind: str) -> int:
+def _byte_span(t) -> tuple[int, int]:
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+def _check_operands(x, scale, bias, residual, device_kind: str, out=None, sum_out=None,
+                    return_sum: bool = False) -> int:
+    """Every check the launcher cannot make on raw pointers: device, contiguity, shapes and dtypes
+    of inputs and outputs, and no output overlapping any operand (the kernels read x, residual,
+    scale and bias while they write y and the sum). Raises BadInputError naming the tensor."""
     hidden = scale.numel()
     if hidden == 0 or x.numel() % hidden:
         raise BadInputError(f"x ({tuple(x.shape)}) is not a whole number of rows of scale's size {hidden}")
-    for name, t in (("x", x), ("scale", scale), ("bias", bias), ("residual", residual)):
+    named = (("x", x), ("scale", scale), ("bias", bias), ("residual", residual), ("out", out), ("sum_out", sum_out))
+    for name, t in named:
         if t is None:
             continue
-        if t.device.type != device_kind:
-            raise BadInputError(f"{name} is on {t.device}, expected a {device_kind} tensor")
+        if t.device.type != device_kind or (name != "x" and t.device != x.device):
+            raise BadInputError(f"{name} is on {t.device}, expected a {device_kind} tensor on x's device {x.device}")
         if not t.is_contiguous():
             raise BadInputError(f"{name} must be contiguous")
+    if scale.dtype != x.dtype and str(scale.dtype) != "torch.float32":
+        raise BadInputError(f"scale must be x's dtype ({x.dtype}) or float32, got {scale.dtype}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise BadInputError("residual must have x's shape and dtype")
     if bias is not None and (bias.dtype != scale.dtype or bias.numel() != hidden):
         raise BadInputError("bias must have scale's dtype and size")
+    if sum_out is not None and not return_sum:
+        raise BadInputError("sum_out is given but return_sum is False: the sum would not be written")
+    for name, t in (("out", out), ("sum_out", sum_out)):
+        if t is not None and (t.shape != x.shape or t.dtype != x.dtype):
+            raise BadInputError(f"{name} must have x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                                f"got {tuple(t.shape)} {t.dtype}")
+    written = [(n, t) for n, t in (("out", out), ("sum_out", sum_out)) if t is not None]
+    operands = [(n, t) for n, t in named[:4] if t is not None] + written
+    for wname, w in written:
+        w0, w1 = _byte_span(w)
+        for oname, o in operands:
+            o0, o1 = _byte_span(o)
+            if oname != wname and w0 < o1 and o0 < w1:
+                raise BadInputError(f"{wname} overlaps {oname} in memory: the kernels read {oname} while writing "
+                                    f"{wname} (and write each output once); pass a separate tensor")
     return hidden
 
 
@@ -203,15 +264,17 @@ def norm(x, scale, bias=None, *, residual=None, kind: str = "layer_norm", eps: f
     ``residual``: normalize ``s = x + residual`` (rounded to x's dtype, as PyTorch's ``x + r``);
     ``return_sum``: also return ``s``. ``batch_invariant=False`` allows the row-count-dependent
     split kernel for few long rows (faster, but a row's bits then depend on the batch size).
+    ``out``/``sum_out``: write y / s there (x's shape, dtype and device, contiguous, overlapping
+    no operand: checked, BadInputError naming the tensor otherwise).
     Runs on the current stream of x's device. Returns ``y`` or ``(y, s)``.
     """
     import torch
 
     if not torch.cuda.is_available():
         raise MissingDependencyError("a CUDA GPU", "ln_deploy.kernels.norm runs the CUDA kernels")
-    hidden = _check_operands(x, scale, bias, residual, "cuda")
     if return_sum and residual is None:
         raise BadInputError("return_sum needs a residual")
+    hidden = _check_operands(x, scale, bias, residual, "cuda", out, sum_out, return_sum)
     lib = load_library()
     y = out if out is not None else torch.empty_like(x)
     s = None
@@ -228,14 +291,20 @@ def norm(x, scale, bias=None, *, residual=None, kind: str = "layer_norm", eps: f
 
 
 def host_norm(x, scale, bias=None, *, residual=None, kind: str = "layer_norm", eps: float = 1e-5,
-              return_sum: bool = False, batch_invariant: bool = True, sm_count: int = DEFAULT_SM_COUNT):
-    """The device computation emulated bit for bit on the CPU (CPU torch tensors in, out)."""
+              return_sum: bool = False, batch_invariant: bool = True, sm_count: int = DEFAULT_SM_COUNT,
+              out=None, sum_out=None):
+    """The device computation emulated bit for bit on the CPU (CPU torch tensors in, out); the
+    same operand checks as :func:`norm`."""
     import torch
 
-    hidden = _check_operands(x, scale, bias, residual, "cpu")
+    if return_sum and residual is None:
+        raise BadInputError("return_sum needs a residual")
+    hidden = _check_operands(x, scale, bias, residual, "cpu", out, sum_out, return_sum)
     lib = load_host_library()
-    y = torch.full_like(x, float("nan"))
-    s = torch.full_like(x, float("nan")) if return_sum else None
+    y = out.fill_(float("nan")) if out is not None else torch.full_like(x, float("nan"))
+    s = None
+    if return_sum:
+        s = sum_out.fill_(float("nan")) if sum_out is not None else torch.full_like(x, float("nan"))
     a = _norm_args(x, scale, bias, residual, y, s, hidden, kind, eps, batch_invariant)
     _check(lib.ln_host_norm_forward(ctypes.byref(a), int(sm_count)), "ln_host_norm_forward")
     return (y, s) if return_sum else y

@@ -108,6 +108,43 @@ def cpp_header() -> str:
     return "\n".join(lines) + "\n"
 
 
+def plugin_nodes_text(model) -> str:
+    """The ln_deploy plugin nodes of ``model`` (an ``onnx.ModelProto``, subgraphs included) in the
+    line format ``plugins/tests/pluginLoaderTest.cpp`` reads: for each node its op_type, name,
+    input/output counts, the shapes ONNX shape inference knows for its inputs (-1 = dynamic) and
+    every attribute (INT, FLOAT as an exact hex float, STRING as hex bytes; other types are
+    written as UNSUPPORTED and fail the loader test, as TensorRT's parser would refuse them)."""
+    import onnx
+
+    from .convert.graph import all_nodes
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    inits = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    lines = []
+    for k, node in enumerate(n for n in all_nodes(model.graph) if is_plugin_node(n)):
+        inputs = [i for i in node.input]
+        name = "_".join((node.name or f"{node.op_type}_{k}").split())  # one token
+        lines.append(f"node {node.op_type} {name} {len(inputs)} {len(node.output)}")
+        for i, name in enumerate(inputs):
+            dims = inits.get(name)
+            if dims is None and name in known and known[name].type.tensor_type.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in known[name].type.tensor_type.shape.dim]
+            if dims is not None:
+                lines.append(f"input {i} {len(dims)} " + " ".join(str(d) for d in dims))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.INT:
+                lines.append(f"attr {a.name} INT {a.i}")
+            elif a.type == onnx.AttributeProto.FLOAT:
+                lines.append(f"attr {a.name} FLOAT {float(a.f).hex()}")
+            elif a.type == onnx.AttributeProto.STRING:
+                lines.append(f"attr {a.name} STRING {a.s.hex() or '-'}")
+            else:
+                lines.append(f"attr {a.name} UNSUPPORTED -")
+        lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     import sys
 

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -15,13 +16,21 @@ namespace ln_deploy
 {
 namespace plugin
 {
-ILoggerFinder* gLoggerFinder = nullptr; // set by setLoggerFinder (TensorRT calls it after dlopen)
-
 namespace
 {
+// Set by setLoggerFinder (TensorRT calls it right after dlopen); the first non-null finder wins.
+std::mutex gLoggerMutex;
+ILoggerFinder* gLoggerFinder = nullptr;
+
+ILogger* findLogger()
+{
+    std::lock_guard<std::mutex> lock(gLoggerMutex);
+    return gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+}
+
 void logMessage(ILogger::Severity severity, std::string const& msg)
 {
-    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    ILogger* logger = findLogger();
     if (logger != nullptr)
         logger->log(severity, msg.c_str());
     else if (severity <= ILogger::Severity::kWARNING)
@@ -67,6 +76,13 @@ void require(bool ok, std::string const& msg)
         throw std::invalid_argument(msg);
 }
 } // namespace
+
+void setLoggerFinderOnce(ILoggerFinder* finder)
+{
+    std::lock_guard<std::mutex> lock(gLoggerMutex);
+    if (gLoggerFinder == nullptr && finder != nullptr)
+        gLoggerFinder = finder;
+}
 
 std::vector<FieldDesc> const& fieldTable(Variant v)
 {
@@ -394,16 +410,20 @@ char const* LnDeployNormPluginCreatorBase::getPluginNamespace() const noexcept {
 
 // ---- library entry points -----------------------------------------------------------------------
 
-#ifndef LN_DEPLOY_NO_STATIC_REGISTRATION
-// For trtexec --staticPlugins / dlopen: registration when the library is loaded.
+#ifdef LN_DEPLOY_STATIC_REGISTRATION
+// Opt-in (CMake LN_DEPLOY_STATIC_REGISTRATION=ON) for trtexec --staticPlugins: registration when the
+// library is loaded. Needs libnvinfer's getPluginRegistry, and IPluginRegistry::loadLibrary then
+// refuses the library (its creators are already registered): off by default.
 using ln_deploy::plugin::LnDeployNormPluginCreator;
 using ln_deploy::plugin::LnDeploySkipNormPluginCreator;
 REGISTER_TENSORRT_PLUGIN(LnDeployNormPluginCreator);
 REGISTER_TENSORRT_PLUGIN(LnDeploySkipNormPluginCreator);
 #endif
 
-// For IPluginRegistry::loadLibrary / trtexec --dynamicPlugins. LN_API (lnKernels.h) exports them:
-// TENSORRTAPI is empty unless TensorRT's own build macros are set.
+// For IPluginRegistry::loadLibrary / trtexec --dynamicPlugins / Polygraphy / version-compatible
+// engines, as TensorRT's own plugin/vc/vfcCommon.cpp: nothing of libnvinfer is referenced, so the
+// library loads in any process. LN_API (lnKernels.h) gives them default visibility; the version
+// script lnDeployNormPlugin.map exports exactly these two.
 extern "C" LN_API IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static ln_deploy::plugin::LnDeployNormPluginCreator normCreator;
@@ -415,5 +435,5 @@ extern "C" LN_API IPluginCreatorInterface* const* getCreators(int32_t& nbCreator
 
 extern "C" LN_API void setLoggerFinder(ILoggerFinder* finder)
 {
-    ln_deploy::plugin::gLoggerFinder = finder;
+    ln_deploy::plugin::setLoggerFinderOnce(finder);
 }

@@ -49,6 +49,9 @@ enum class Variant
 std::vector<FieldDesc> const& fieldTable(Variant v);
 char const* pluginName(Variant v);
 
+// setLoggerFinder's body: the first non-null finder is kept (thread-safe).
+void setLoggerFinderOnce(nvinfer1::ILoggerFinder* finder);
+
 // Reads fields from a collection onto defaults; throws std::invalid_argument with the reason.
 NormFields parseFields(Variant v, nvinfer1::PluginFieldCollection const* fc);
 
@@ -130,7 +133,7 @@ private:
     nvinfer1::PluginFieldCollection mFC{};
 };
 
-// Two concrete types so REGISTER_TENSORRT_PLUGIN can register each.
+// Two concrete types so the opt-in REGISTER_TENSORRT_PLUGIN can register each.
 class LnDeployNormPluginCreator : public LnDeployNormPluginCreatorBase
 {
 public:

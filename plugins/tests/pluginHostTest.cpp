@@ -2,7 +2,7 @@
 // field tables vs the generated header, field parsing and rejection, the serialization round
 // trip through the creator, clone, capabilities, type/format/shape rules, workspace, and that a
 // launcher error comes back from enqueue as a non-zero code. Prints one line per failed check.
-// Built with LN_DEPLOY_NO_STATIC_REGISTRATION (static registration needs libnvinfer).
+// Built without static registration (it is opt-in and needs libnvinfer).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
