@@ -502,15 +502,15 @@ def load_crd_schema(path: str | os.PathLike, kind: str = "InferenceService",
         for v in spec.get("versions") or []:
             schema = (v.get("schema") or {}).get("openAPIV3Schema") if isinstance(v, dict) else None
             if v.get("name") == version and isinstance(schema, dict):
-                return strict_schema(schema)
+                return strict_schema(schema, in_place=True)  # freshly parsed: nobody else holds it
         raise BadInputError(f"--kserve-crd {p}: the {kind} CRD has no {version} schema")
     raise BadInputError(f"--kserve-crd {p}: no CustomResourceDefinition of {group} {kind} in it")
 
 
-def strict_schema(schema: dict) -> dict:
-    """A copy where every object with listed properties refuses others (unless the schema keeps unknown
-    fields): the API server would prune a misspelt field silently; this makes it an error."""
-    out = copy.deepcopy(schema)
+def strict_schema(schema: dict, in_place: bool = False) -> dict:
+    """The schema where every object with listed properties refuses others (unless the schema keeps
+    unknown fields): the API server would prune a misspelt field silently; this makes it an error."""
+    out = schema if in_place else copy.deepcopy(schema)
 
     def visit(node):
         if isinstance(node, dict):
@@ -601,14 +601,16 @@ def to_yaml(objects: list[dict], header: str) -> str:
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
 
 
-def generate_manifests(repo: str | os.PathLike, out_dir: str | os.PathLike, opts: ManifestOptions) -> ManifestResult:
+def generate_manifests(repo: str | os.PathLike, out_dir: str | os.PathLike, opts: ManifestOptions,
+                       prepared: tuple | None = None) -> ManifestResult:
     """Build, validate and write ``OUT/kubernetes.yaml`` (and ``OUT/kserve.yaml`` with a CRD).
 
     Refuses (CheckFailedError, exit 1) when any object fails its schema; then nothing is written.
+    ``prepared`` is what ``prepare(opts)`` returned, when the caller checked the options already.
     """
     from ..fileio import atomic_output
 
-    storage, version, schema = prepare(opts)
+    storage, version, schema = prepared or prepare(opts)
     isvc, objects, facts = build_manifests(repo, opts, storage)
     problems = [p for obj in objects for p in validate_kubernetes(obj, version)]
     if schema is not None:

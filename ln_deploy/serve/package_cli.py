@@ -36,7 +36,7 @@ def run(args) -> int:
     from ..progress import step
     from .repository import package_model
 
-    manifest_opts = None
+    manifest_opts = prepared = None
     if args.k8s is None:
         if args.storage_uri is not None or args.kserve_crd is not None:
             raise BadInputError("--storage-uri and --kserve-crd are for --k8s DIR")
@@ -47,7 +47,7 @@ def run(args) -> int:
         if args.storage_uri is None:
             raise BadInputError("--k8s needs --storage-uri (where the cluster reads the repository from)")
         manifest_opts = options_from_args(args, args.name)
-        prepare(manifest_opts)
+        prepared = prepare(manifest_opts)
         check_output_dir(args.k8s)
     with step(f"packaging {args.model} as {args.name!r}"):
         result = package_model(
@@ -59,6 +59,6 @@ def run(args) -> int:
         from .manifests import generate_manifests
 
         with step(f"writing manifests into {args.k8s}"):
-            manifests = generate_manifests(args.repo, args.k8s, manifest_opts)
+            manifests = generate_manifests(args.repo, args.k8s, manifest_opts, prepared)
         print(manifests.summary())
     return 0
