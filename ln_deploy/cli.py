@@ -160,8 +160,14 @@ def _refuse_outputs_over_inputs(parser: argparse.ArgumentParser, args) -> None:
 
 
 def _ort_message(e: BaseException) -> str:
+    """ONNX Runtime's exception text without its C++ source location: the node, then what went wrong."""
+    import re
+
     text = " ".join(str(e).split())
-    text = text.split("Status Message: ", 1)[-1]
+    m = re.search(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", text)
+    if m:
+        detail = re.sub(r"^\S+:\d+ [^(]*\([^)]*\) ", "", m.group(3))
+        text = f"{m.group(1)} node {m.group(2)!r}: {detail}"
     return text[:300] or type(e).__name__
 
 

@@ -124,6 +124,8 @@ class InputGenerator:
     def feed(self, batch: int | None = None, seq: int | None = None, padded: bool = False) -> OrderedDict:
         import numpy as np
 
+        from ..loaders import check_allocation
+
         out = OrderedDict()
         for name, ex in zip(self.loaded.input_names, self.loaded.example_inputs):
             shape = list(ex.shape)
@@ -133,6 +135,8 @@ class InputGenerator:
                 shape[1] = seq
             kind = self.kinds[name]
             dtype = ex.detach().cpu().numpy().dtype
+            # bounded before numpy allocates (--batch-size 1000000000 asked for 238 GiB); draws are float64
+            check_allocation(shape, 8, f"random input {name!r} (batch {shape[0] if shape else 1})")
             if kind == "mask":
                 out[name] = self.mask(shape, padded).astype(dtype)
             elif kind == "int":
@@ -186,11 +190,9 @@ def load_npz(path, onnx_ins: list[OnnxInput]) -> list[OrderedDict]:
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"inputs file not found: {p}")
-    try:
-        with np.load(str(p), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise BadInputError(f"{p} is not a readable .npz of plain arrays ({str(e).splitlines()[0][:200]})") from None
+    from ..loaders import load_npz as load_arrays  # bounded: headers and sizes checked before inflating
+
+    arrays = load_arrays(p)
     names = [i.name for i in onnx_ins]
     feeds: dict[int, OrderedDict] = {}
     for key, arr in arrays.items():

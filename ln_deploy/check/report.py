@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,20 +176,15 @@ class CheckReport:
 
         Files are written to a temporary folder beside ``report_dir`` and moved in at the end, so a
         failure leaves no partial report."""
+        from ..fileio import atomic_folder  # renamed whole into place; the umask's modes
+
         target = Path(report_dir)
-        parent = target.parent if str(target.parent) else Path(".")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
-        try:
+        with atomic_folder(target) as tmp:
             plot_files = self._plots(tmp) if plots else {}
             (tmp / "report.json").write_text(json.dumps(self.to_json(), indent=2, default=_json_default))
             (tmp / "report.md").write_text(self.to_markdown(plot_files))
             if run_results is not None:
                 run_results.save(str(tmp / "run_results.json"))
-            target.mkdir(exist_ok=True)
-            for f in tmp.iterdir():
-                os.replace(f, target / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def _plots(self, folder: Path) -> dict:

@@ -127,11 +127,9 @@ def read_npz(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"no such calibration file: {p}")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise BadInputError(f"{p} is not a readable .npz file ({str(e).splitlines()[0][:200]})") from None
+    from ..loaders import load_npz  # bounded: headers and sizes checked before anything is inflated
+
+    arrays = load_npz(p)
     for k, v in arrays.items():
         if not isinstance(v, np.ndarray):  # np.load hands back a member that is not .npy as raw bytes
             raise BadInputError(f"{p}: member {k!r} is not a NumPy array")

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import progress
+from .. import interrupts, progress
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import check_output_path, save_onnx_atomic
 from ..spec import LoadedModel, is_recurrent, load_spec, weights_fingerprint
@@ -92,14 +92,9 @@ def export_model(spec, output, *, checkpoint=None, opset: int | None = None, rnn
     legacy if dynamo fails, as it does on some Hugging Face models).
     """
     out = check_output_path(output)
-    try:
-        return _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol)
-    except BaseException:
-        # A failed export leaves nothing at the output path: no partial file, and no stale one from an
-        # earlier run that could pass for this run's result.
-        if out.is_file():
-            out.unlink()
-        raise
+    # A failed export writes nothing and removes nothing: whatever is at the output path may not be
+    # ours (a SPEC file, a checkpoint), and the exit code already says this run produced no model.
+    return _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol)
 
 
 def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, exporter, atol):
@@ -284,6 +279,7 @@ def _export_module(module, args, input_names, output_names, axes, opset, exporte
             _rename_symbols(model, input_names, axes)
             return model, "dynamo"
         except Exception as e:  # the dynamo exporter's failures are many and varied
+            interrupts.raise_if_interrupted(e)  # Ctrl-C caught as an error: no fallback to legacy
             errors.append(f"dynamo: {type(e).__name__}: {_first_line(e)}")
             if exporter == "dynamo":
                 raise BadInputError(f"torch.onnx (dynamo) could not export the model: {errors[-1]}") from None
@@ -300,6 +296,7 @@ def _export_module(module, args, input_names, output_names, axes, opset, exporte
             log.warning("dynamo export failed (%s); exported with the legacy TorchScript exporter", errors[-1])
         return model, "legacy"
     except Exception as e:
+        interrupts.raise_if_interrupted(e)
         errors.append(f"legacy: {type(e).__name__}: {_first_line(e)}")
         raise BadInputError("torch.onnx could not export the model (" + "; ".join(errors) + ")") from None
 

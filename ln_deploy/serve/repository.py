@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +71,8 @@ def model_kind(path: Path) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", "..") or name.isdigit():
+    # fullmatch: with match(), "$" also matched before a trailing newline ("m\n" was accepted)
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", "..") or name.isdigit():
         raise BadInputError(
             f"model name {name!r}: use letters, digits, '_', '-', '.' (not starting with '.' or '-', not all digits)")
     return name
@@ -159,6 +159,9 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     if not repo.parent.is_dir():
         raise BadInputError(f"the parent of --repo does not exist: {repo.parent}")
     final = repo / name
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        # --force replaces a model folder this command wrote, never a link or a file someone put there
+        raise BadInputError(f"{final} exists and is not a model folder (a link or a file): not replacing it")
     if final.exists() and not force:
         raise BadInputError(f"{final} already exists (use --force to replace it)")
 
@@ -187,7 +190,9 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     created_repo = not repo.exists()
     try:
         repo.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo))
+        from ..fileio import make_temp_dir
+
+        tmp = make_temp_dir(repo, prefix=f".{name}.")  # the umask's mode: Triton's non-root user reads it
     except OSError as e:
         if created_repo:
             with contextlib.suppress(OSError):
@@ -209,6 +214,11 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
             if plugin_path is not None:
                 copy_plugin(plugin_path, vdir)
         validate_model_dir(tmp, name=name, ort_check=ort_check)
+        from ..fileio import fix_modes
+        from ..interrupts import raise_if_interrupted
+
+        raise_if_interrupted()  # nothing is committed after Ctrl-C/SIGTERM, even one caught as an error
+        fix_modes(tmp)
         _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -231,7 +241,10 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(trash, final)
         raise
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
 
 
 def _check_shared_library(path: Path) -> None:
@@ -246,28 +259,44 @@ PLUGIN_MANIFEST = "ln_deploy_plugins.json"
 
 
 def elf_needed(path: Path) -> list[str]:
-    """DT_NEEDED entries of a 64-bit little-endian ELF shared library (what the loader will look for)."""
+    """DT_NEEDED entries of a 64-bit little-endian ELF shared library (what the loader will look for).
+    A truncated or corrupt file is one BadInputError line (every offset is read from the file)."""
     import struct
 
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if data[:4] != b"\x7fELF" or len(data) < 6 or data[4] != 2 or data[5] != 1:
         return []  # not ELF64 LSB: nothing we can follow
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
-    needed = []
-    for _name, sh_type, _flags, _addr, offset, size, link, _info in sections:
-        if sh_type != 6:  # SHT_DYNAMIC
-            continue
-        str_off = sections[link][4]
-        for k in range(0, size, 16):
-            tag, val = struct.unpack_from("<qQ", data, offset + k)
-            if tag == 0:
-                break
-            if tag == 1:  # DT_NEEDED
-                end = data.index(b"\0", str_off + val)
-                needed.append(data[str_off + val:end].decode())
+    try:
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+        if shnum and shentsize < 64:
+            raise ValueError(f"section header size {shentsize}")
+        sections = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+        needed = []
+        for _name, sh_type, _flags, _addr, offset, size, link, _info in sections:
+            if sh_type != 6:  # SHT_DYNAMIC
+                continue
+            str_off = sections[link][4]
+            for k in range(0, min(size, len(data)), 16):
+                tag, val = struct.unpack_from("<qQ", data, offset + k)
+                if tag == 0:
+                    break
+                if tag == 1:  # DT_NEEDED
+                    end = data.index(b"\0", str_off + val)
+                    needed.append(data[str_off + val:end].decode())
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError, OverflowError) as e:
+        raise BadInputError(f"{path} is not a readable ELF shared library (truncated or corrupt: "
+                            f"{type(e).__name__})") from None
     return needed
+
+
+def _plain_library_name(name: str, lib: Path) -> str:
+    """A DT_NEEDED entry names a file beside the plugin only if it is a plain file name; the library
+    is untrusted ("../../../../OUT" copied a file outside the repository)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 255:
+        raise BadInputError(f"{lib}: its DT_NEEDED entry {name[:100]!r} is not a plain library name; "
+                            "refusing to follow it")
+    return name
 
 
 def copy_plugin(plugin: Path, dest: Path) -> list[str]:
@@ -276,8 +305,9 @@ def copy_plugin(plugin: Path, dest: Path) -> list[str]:
     shutil.copyfile(plugin, dest / plugin.name)
     deps, todo = [], [plugin]
     while todo:
-        for name in elf_needed(todo.pop()):
-            beside = plugin.parent / name
+        lib = todo.pop()
+        for name in elf_needed(lib):
+            beside = plugin.parent / _plain_library_name(name, lib)
             if beside.is_file() and name not in deps and name != plugin.name:
                 shutil.copyfile(beside, dest / name)
                 deps.append(name)
@@ -420,7 +450,7 @@ def validate_model_dir(model_dir: str | os.PathLike, *, name: str | None = None,
                 problems.append(f"{vdir / PLUGIN_MANIFEST} is unreadable ({e})")
                 libs = []
             for lib in libs:
-                if "/" in lib or lib.startswith("."):
+                if not isinstance(lib, str) or "/" in lib or lib.startswith("."):
                     problems.append(f"{PLUGIN_MANIFEST} names {lib!r}, not a file beside it")
                 elif not (vdir / lib).is_file() or (vdir / lib).read_bytes()[:4] != b"\x7fELF":
                     problems.append(f"{vdir / lib} is missing or not a shared library")

@@ -7,7 +7,6 @@ dimension, as both protocols do.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,10 +174,9 @@ def engine_signature(engine_path: str | Path) -> EngineInfo:
         raise BadInputError(
             f"{side} not found: packaging an engine needs the JSON sidecar `ln-deploy build` writes beside it "
             "(TensorRT is not needed here, so the engine's tensors are read from the sidecar)")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{side}: not readable JSON ({e})") from None
+    from ..loaders import load_json  # bounded in size and nesting: the sidecar is untrusted
+
+    meta = load_json(side)
     if not isinstance(meta, dict):
         raise BadInputError(f"{side}: expected a JSON object")
 
@@ -194,9 +192,11 @@ def engine_signature(engine_path: str | Path) -> EngineInfo:
                 raise BadInputError(f"{side}: every entry of '{key}' needs a name")
             dtype = t.get("dtype", t.get("datatype", t.get("data_type")))
             shape = t.get("shape", t.get("dims"))
-            if dtype is None or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-                raise BadInputError(f"{side}: tensor {t['name']!r} needs a dtype and an integer shape")
-            out.append(TensorSpec(str(t["name"]), normalize_datatype(dtype), tuple(d if d > 0 else -1 for d in shape)))
+            if not isinstance(t["name"], str) or not t["name"] or not isinstance(dtype, str) \
+                    or not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+                raise BadInputError(f"{side}: tensor {str(t['name'])[:100]!r} needs a name, a dtype and a shape "
+                                    "of integers")
+            out.append(TensorSpec(t["name"], normalize_datatype(dtype), tuple(d if d > 0 else -1 for d in shape)))
         return tuple(out)
 
     sig = Signature(tensors("inputs"), tensors("outputs"))
@@ -209,7 +209,10 @@ def engine_signature(engine_path: str | Path) -> EngineInfo:
             for t in sig.inputs:
                 rng = prof.get(t.name)
                 if isinstance(rng, dict) and isinstance(rng.get("max"), list) and rng["max"]:
-                    b = int(rng["max"][0])
+                    if not _is_int(rng["max"][0]) or rng["max"][0] < 1:
+                        raise BadInputError(f"{side}: profile max of {t.name!r} must be positive integers, "
+                                            f"got {str(rng['max'])[:100]}")
+                    b = rng["max"][0]
                     max_batch = b if max_batch is None else min(max_batch, b)
     plugins = meta.get("plugins") or []
     # `ln-deploy build` lists {"path", "sha256", ...} objects; plain names are accepted too.
@@ -219,5 +222,12 @@ def engine_signature(engine_path: str | Path) -> EngineInfo:
             names.append(Path(p["path"]).name)
         elif isinstance(p, str):
             names.append(p)
+    for n in names:  # plain file names only: they name files beside the engine
+        if not n or n in (".", "..") or "/" in n or "\\" in n or "\0" in n:
+            raise BadInputError(f"{side}: plugin {n[:100]!r} is not a plain file name")
     plugins = tuple(names)
     return EngineInfo(sig, max_batch, plugins)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63
