@@ -103,6 +103,17 @@ def fuse_context(c: FuseContext):
         _CTX.reset(token)
 
 
+_TYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.DOUBLE: "float64", ir.DataType.FLOAT16: "float16",
+               ir.DataType.BFLOAT16: "bfloat16"}
+
+
+def type_name(dtype) -> str:
+    """``float16``/``float32``/``float64``/``bfloat16`` (numpy's names), else ONNX's."""
+    if dtype is None:
+        return "an unknown type"
+    return _TYPE_NAMES.get(dtype, getattr(dtype, "name", str(dtype)).lower())
+
+
 def node_label(node: ir.Node) -> str:
     return node.name or f"{node.op_type}@{id(node):x}"
 

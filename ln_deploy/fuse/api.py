@@ -191,20 +191,20 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
     import onnx
 
     from .. import progress
-    from ..fileio import load_onnx
 
     if target not in TARGETS:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if opset is not None and not 1 <= opset <= onnx.defs.onnx_opset_version():
         raise BadInputError(f"opset {opset} is not one the installed onnx knows (1..{onnx.defs.onnx_opset_version()})")
     if isinstance(model, (str, os.PathLike)):
-        model = load_onnx(model)
+        model = load_for_fusion(model)
     if not isinstance(model, onnx.ModelProto):
         raise BadInputError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     t0 = time.perf_counter()
+    notes: list[str] = []
+    model = _sorted(model, notes)
     original = model
     opset_before = _opset(original)
-    notes: list[str] = []
     want = max(opset or 0, 17 if target == "onnx" else 0)
     work = _upgrade(original, want, notes) if want > opset_before else original
 
@@ -213,7 +213,7 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
     n_fused = counts["LayerNormalization"] + counts["RMSNormalization"]
     if n_fused == 0 and work is not original:
         notes = [n for n in notes if not n.startswith("opset raised")] + ["nothing fused; the model is unchanged"]
-        fused, _, counts = _run(original, target, extra_rules=extra_rules)
+        fused, ctx, counts = _run(original, target, extra_rules=extra_rules)
     report = FuseReport(
         target=target,
         fused={"LayerNormalization": counts["LayerNormalization"], "RMSNormalization": counts["RMSNormalization"],
@@ -224,8 +224,9 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
         opset_before=opset_before,
         opset_after=_opset(fused),
         channels_first=counts["channels_first"],
-        notes=notes,
+        notes=notes + ctx.notes,
         applied=[{"rule": a.rule, "nodes": a.nodes} for a in ctx.applied],
+        canonicalised=ctx.canonicalised,
     )
     if any(r["rule"].startswith("RMSNorm") and "opset" in r["reason"] for r in report.rejected):
         report.notes.append("RMS normalization needs opset 23 for the onnx target; pass opset=23 (--opset 23) "
@@ -234,7 +235,8 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
         from .verify import compare
 
         with progress.step("checking the fused model against the original in ONNX Runtime"):
-            mismatches, worst = compare(original, _checkable(fused, target), seed)
+            mismatches, worst = compare(original, _checkable(fused, target), seed,
+                                        float32_compute=target == "tensorrt")
         if mismatches:
             culprit = _bisect(original, work, target, len(ctx.applied), extra_rules, seed)
             where = f"; first bad rewrite: {culprit['rule']} on nodes {', '.join(culprit['nodes'])}" if culprit else ""
@@ -253,7 +255,7 @@ def _bisect(original, work, target, n, extra_rules, seed):
     while hi - lo > 1:
         mid = (lo + hi) // 2
         fused, _, _ = _run(work, target, limit=mid, extra_rules=extra_rules)
-        bad, _ = compare(original, _checkable(fused, target), seed)
+        bad, _ = compare(original, _checkable(fused, target), seed, float32_compute=target == "tensorrt")
         if bad:
             hi = mid
         else:
@@ -262,14 +264,47 @@ def _bisect(original, work, target, n, extra_rules, seed):
     return {"rule": a.rule, "nodes": a.nodes} if a else None
 
 
+def _sorted(model, notes: list):
+    """The model in topological order (a sorted copy when its file was not), with a note."""
+    from .canonical import sort_proto
+
+    model, moved = sort_proto(model)
+    if moved:
+        notes.append(f"the nodes were not in topological order ({moved} moved); sorted first "
+                     "(ONNX requires the order, ONNX Runtime does not)")
+    return model
+
+
+def load_for_fusion(path):
+    """Load an untrusted model file as ``fileio.load_onnx`` does, except that a graph whose only
+    defect is node order is sorted before the ONNX checker runs (see ``canonical.sort_proto``)."""
+    import onnx
+
+    from ..fileio import load_onnx
+
+    from .canonical import sort_proto
+
+    model = load_onnx(path, check=False)
+    model, moved = sort_proto(model)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"{path} fails the ONNX checker: {first[:300]}") from None
+    except ValueError:  # > 2 GB in memory: the checker reads the file instead
+        if not moved:
+            load_onnx(path, load_external_data=False)
+    return model
+
+
 def fuse_file(in_path, out_path, target: str = "onnx", *, report_path=None, **kwargs) -> FuseReport:
     """Load an untrusted model file, fuse it, check it, and write it (and the report) atomically."""
-    from ..fileio import check_output_path, load_onnx, save_onnx_atomic, write_text_atomic
+    from ..fileio import check_output_path, save_onnx_atomic, write_text_atomic
 
     check_output_path(out_path)
     if report_path is not None:
         check_output_path(report_path)
-    model = load_onnx(in_path)
+    model = load_for_fusion(in_path)
     fused, report = fuse_model(model, target, **kwargs)
     save_onnx_atomic(fused, out_path)
     if report_path is not None:

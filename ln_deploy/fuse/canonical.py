@@ -14,8 +14,9 @@ first; none of it changes a value:
 * **shape no-ops**: ``Identity``, and ``Reshape``/``Squeeze``/``Unsqueeze``/``Expand``/``Flatten``
   whose output shape equals the input shape (as static dims or the same named symbols) pass their
   input on unchanged, so their consumers read the input directly.
-* **common subexpressions**: equal small constants are merged, then onnx_ir's CSE merges nodes with
-  the same op, inputs and attributes (a mean computed twice, two ``Sub(x, mean)``).
+* **common subexpressions**: equal scalars and small integer constants are merged, then onnx_ir's
+  CSE merges nodes with the same op, inputs and attributes (a mean computed twice, two
+  ``Sub(x, mean)``). Weights are not merged: two norms with equal weights stay two norms.
 
 Lossless Cast chains are made canonical afterwards by the ``cast_chains`` rules.
 """
@@ -137,7 +138,7 @@ def canonicalise(model: ir.Model) -> Counter:
     before = sum(1 for g in model.graphs() for _ in g)
     import onnx_ir.passes.common as passes
 
-    passes.CommonSubexpressionEliminationPass(size_limit=_SMALL)(model)
+    passes.CommonSubexpressionEliminationPass(size_limit=1)(model)  # Constant nodes: merge_equal_constants
     counts["duplicate nodes merged"] = before - sum(1 for g in model.graphs() for _ in g)
     return +counts
 
@@ -205,8 +206,9 @@ def remove_shape_noops(graph: ir.Graph) -> int:
 
 
 def merge_equal_constants(graph: ir.Graph) -> int:
-    """Point every use of a small constant at the first equal one (same dtype, shape and bytes):
-    initializers that are not graph inputs, and Constant-node values."""
+    """Point every use of a scalar or small integer constant (axes, shapes, exponents, epsilons) at
+    the first equal one (same dtype, shape and bytes): initializers that are not graph inputs, and
+    Constant-node values."""
     seen: dict = {}
     n = 0
     values = [v for v in graph.initializers.values() if not v.is_graph_input()]
@@ -221,6 +223,8 @@ def merge_equal_constants(graph: ir.Graph) -> int:
             a = np.asarray(t.numpy())
         except Exception:  # noqa: BLE001 - external data not loaded: leave it
             continue
+        if a.size > 1 and not np.issubdtype(a.dtype, np.integer):
+            continue  # a weight: two equal ones are still two parameters (LN1 and LN2 stay two norms)
         key = (t.dtype, tuple(a.shape), a.tobytes())
         first = seen.setdefault(key, v)
         if first is not v and v.uses():

@@ -17,8 +17,8 @@ import numpy as np
 import onnx_ir as ir
 
 from .. import plugin_spec
-from ._common import (INTERNAL_DOMAIN, KIND_LN, KIND_NAMES, const, is_internal, norm_attrs, param_for_axes,
-                      replace_value, static_dims)
+from ._common import (INTERNAL_DOMAIN, KIND_LN, KIND_NAMES, const, ctx, is_internal, norm_attrs,
+                      param_for_axes, replace_value, static_dims, type_name)
 from .rules import channels_first
 
 
@@ -26,15 +26,16 @@ def lower(model: ir.Model, target: str) -> Counter:
     """Replace every internal node in ``model`` (and its subgraphs: Scan/Loop bodies) in place;
     return counts for the report."""
     counts: Counter = Counter()
+    opset = model.graph.opset_imports.get("", 17)
     for graph in [model.graph, *model.graph.subgraphs()]:
-        _lower_graph(graph, target, counts)
+        _lower_graph(graph, target, counts, opset)
     model.graph.opset_imports.pop(INTERNAL_DOMAIN, None)
     if target == "tensorrt" and counts:
         model.graph.opset_imports.setdefault(plugin_spec.DOMAIN, plugin_spec.DOMAIN_VERSION)
     return counts
 
 
-def _lower_graph(graph: ir.Graph, target: str, counts: Counter) -> None:
+def _lower_graph(graph: ir.Graph, target: str, counts: Counter, opset: int) -> None:
     names = _NameMaker(graph)
     for node in list(graph):
         if not is_internal(node):
@@ -60,13 +61,19 @@ def _lower_graph(graph: ir.Graph, target: str, counts: Counter) -> None:
                 x_in.shape = ir.Shape([x.shape[p] for p in perm])
             axes = tuple(range(r - k, r))
         norm_dims = [dims[i] for i in axes]
-        scale_arr = (np.ones(norm_dims, dtype=dtype.numpy()) if scale is None
-                     else param_for_axes(const(scale), static_dims(node.inputs[0]), a["axes"]))
-        scale_v = _initializer(graph, names("scale"), scale_arr)
-        bias_v = None
-        if bias is not None:
-            bias_v = _initializer(graph, names("bias"), param_for_axes(const(bias), static_dims(node.inputs[0]), a["axes"]))
+        if scale is None and None in norm_dims:  # symbolic normalized dims: ones of their run-time size
+            scale_v = _runtime_ones(x_in, k, dtype, opset, names, new_nodes)
+        elif scale is None:
+            scale_v = _initializer(graph, names("scale"), np.ones(norm_dims, dtype=dtype.numpy()))
+        else:
+            scale_v = _param(graph, names, scale, node.inputs[0], a["axes"], "scale")
+        bias_v = None if bias is None else _param(graph, names, bias, node.inputs[0], a["axes"], "bias")
         skip = _residual(x) if target == "tensorrt" and perm is None else None
+        wide = target == "tensorrt" and dtype not in PLUGIN_TYPES  # e.g. float64: TensorRT has none
+        if wide:
+            x_in, scale_v, bias_v, skip = _to_float(x_in, scale_v, bias_v, names, new_nodes)
+            ctx().note(f"{type_name(dtype)} normalization run by the plugin in float32 between Casts "
+                       "(TensorRT has no float64 tensors)")
         if target == "onnx":
             if a["kind"] == KIND_LN:
                 ins = [x_in, scale_v] + ([bias_v] if bias_v is not None else [])
@@ -103,6 +110,10 @@ def _lower_graph(graph: ir.Graph, target: str, counts: Counter) -> None:
                     s = n.outputs[1]
                     s.dtype, s.shape = add_node.outputs[0].dtype, add_node.outputs[0].shape
                     replace_value(add_node.outputs[0], s)
+        if wide:
+            back = ir.node("Cast", [y], attributes={"to": dtype}, name=names("from_float"))
+            new_nodes.append(back)
+            y = back.outputs[0]
         if perm is not None:
             back = ir.node("Transpose", [y], attributes={"perm": channels_first.inverse(perm)}, name=names("from_last"))
             new_nodes.append(back)
@@ -160,6 +171,59 @@ def _dims(v: ir.Value):
         else:
             return None
     return out
+
+
+PLUGIN_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _param(graph, names, value: ir.Value, x: ir.Value, axes, what: str) -> ir.Value:
+    """A folded scale/bias as the fused op takes it: a constant reshaped to the normalized dims, or
+    a run-time tensor as it is (affine only folds one whose shape is exactly those dims)."""
+    arr = const(value)
+    if arr is None:
+        return value
+    return _initializer(graph, names(what), param_for_axes(arr, static_dims(x), axes))
+
+
+def _runtime_ones(x: ir.Value, k: int, dtype, opset: int, names, new_nodes) -> ir.Value:
+    """ones(x.shape[-k:]) computed at run time (the normalized dims are symbolic): ConstantOfShape of
+    the trailing dims of Shape(x). Shape's ``start`` exists from opset 15; before, a Slice."""
+    if opset >= 15:
+        shape = ir.node("Shape", [x], attributes={"start": -k}, name=names("norm_shape"))
+        new_nodes.append(shape)
+        dims = shape.outputs[0]
+    else:
+        shape = ir.node("Shape", [x], name=names("shape"))
+        new_nodes.append(shape)
+        consts = [ir.Value(name=names(n), const_value=ir.tensor(np.array(v, np.int64)))
+                  for n, v in (("starts", [-k]), ("ends", [np.iinfo(np.int64).max]), ("axes", [0]))]
+        cnodes = [ir.node("Constant", [], attributes={"value": c.const_value}, name=c.name) for c in consts]
+        new_nodes.extend(cnodes)
+        sl = ir.node("Slice", [shape.outputs[0]] + [c.outputs[0] for c in cnodes], name=names("norm_shape"))
+        new_nodes.append(sl)
+        dims = sl.outputs[0]
+    dims.dtype, dims.shape = ir.DataType.INT64, ir.Shape([k])
+    one = ir.tensor(np.ones([1], dtype=dtype.numpy()))
+    ones = ir.node("ConstantOfShape", [dims], attributes={"value": one}, name=names("ones"))
+    new_nodes.append(ones)
+    v = ones.outputs[0]
+    v.dtype = dtype
+    return v
+
+
+def _to_float(x_in, scale_v, bias_v, names, new_nodes):
+    """Inputs of a plugin node for a type the plugin does not take (float64): cast to float32.
+    The residual sum is not absorbed then (it would be formed in float32)."""
+    def cast(v):
+        if v is None:
+            return None
+        c = ir.node("Cast", [v], attributes={"to": ir.DataType.FLOAT}, name=names("to_float"))
+        new_nodes.append(c)
+        out = c.outputs[0]
+        out.dtype, out.shape = ir.DataType.FLOAT, v.shape
+        return out
+
+    return cast(x_in), cast(scale_v), cast(bias_v), None
 
 
 def _initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:

@@ -71,15 +71,27 @@ def _is(v, expected) -> bool:
     return s is not None and abs(s - expected) <= 1e-7 * max(1.0, abs(expected))
 
 
+def _value_text(v) -> str | None:
+    """Why ``v`` is no single constant (None when it is one)."""
+    if const(v) is None:
+        return "a graph input" if v.is_graph_input() else "not a constant"
+    if scalar(v) is None:
+        return "a tensor of different values"
+    return None
+
+
 def constants_reason(two=None, half=None, neg_half=None, one=None, **_) -> str | None:
-    if two is not None and not _is(two, 2.0):
-        return f"the square is Pow(d, {scalar(two)}), not Pow(d, 2)"
-    if half is not None and not _is(half, 0.5):
-        return f"the root is Pow(v, {scalar(half)}), not a square root"
-    if neg_half is not None and not _is(neg_half, -0.5):
-        return f"the inverse root is Pow(v, {scalar(neg_half)}), not Pow(v, -0.5)"
-    if one is not None and not _is(one, 1.0):
-        return f"the inverse is {scalar(one)} / sqrt(v), not 1 / sqrt(v)"
+    """The first constant of the spelling that is not what the spelling needs (data-flow order)."""
+    for v, want, what, wrong in (
+        (two, 2.0, "the square's exponent", "the square is Pow(d, {}), not Pow(d, 2)"),
+        (half, 0.5, "the root's exponent", "the root is Pow(v, {}), not a square root"),
+        (neg_half, -0.5, "the inverse root's exponent", "the inverse root is Pow(v, {}), not Pow(v, -0.5)"),
+        (one, 1.0, "the numerator of 1 / sqrt(v)", "the inverse is {} / sqrt(v), not 1 / sqrt(v)"),
+    ):
+        if v is None or _is(v, want):
+            continue
+        text = _value_text(v)
+        return f"{what} is {text}" if text else wrong.format(f"{scalar(v):g}")
     return None
 
 
@@ -125,7 +137,8 @@ def statistic_reason(xc, axes, n=None, inv_n=None, **b) -> tuple[tuple | None, s
 
 def epsilon_reason(eps) -> str | None:
     if const(eps) is None:
-        return "epsilon is not a constant"
+        return ("epsilon is not a constant: it is a graph input (LayerNormalization/RMSNormalization "
+                "take it as an attribute)" if eps.is_graph_input() else "epsilon is not a constant")
     if scalar(eps) is None:
         return "epsilon is not one value (a tensor of different values)"
     if const(eps).size != 1:
@@ -151,6 +164,9 @@ def target_reason(kind_name: str, xc, axes) -> str | None:
     c = ctx()
     if rank(xc) is None:
         return "the rank of the normalized tensor is unknown"
+    if normalized_size(xc, axes) is None and c.opset < 10:
+        return ("the normalized dims are not static and opset < 10 has no way to build a ones scale "
+                "of their run-time size")
     if c.target == "onnx":
         need = 23 if kind_name == "RMSNormalization" else 17
         if c.opset < need:
@@ -161,3 +177,27 @@ def target_reason(kind_name: str, xc, axes) -> str | None:
 
 def eps_value(eps) -> float:
     return float(np.float32(scalar(eps)))
+
+
+# ---------------------------------------------------------------- quick root tests (rules._Family)
+
+def _prod(v):
+    p = v.producer() if v is not None else None
+    return p.op_type if p is not None else None
+
+
+def _is_inv_std(v) -> bool:
+    """``v`` may be 1/sqrt(.): Reciprocal(.), Pow(., -0.5) or Div(1, Sqrt(.))."""
+    p = v.producer() if v is not None else None
+    if p is None:
+        return False
+    if p.op_type in ("Reciprocal", "Pow"):
+        return True
+    return p.op_type == "Div" and len(p.inputs) == 2 and _prod(p.inputs[1]) == "Sqrt"
+
+
+def quick_normalize(form: str):
+    """The root test of ``normalize(op, num, var_eps, form)``."""
+    if form == "div":
+        return lambda node: len(node.inputs) == 2 and _prod(node.inputs[1]) in ("Sqrt", "Pow")
+    return lambda node: len(node.inputs) == 2 and (_is_inv_std(node.inputs[0]) or _is_inv_std(node.inputs[1]))

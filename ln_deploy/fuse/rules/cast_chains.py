@@ -26,6 +26,11 @@ class CastChain(FusionRule):
     report = False
     counted = False
 
+    @staticmethod
+    def quick(node):
+        p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+        return p is not None and p.op_type == "Cast"
+
     def __init__(self):
         super().__init__("CastChain")
 

@@ -22,10 +22,19 @@ def _variance(op):
     return op.ReduceMean(pattern.Var("sq"), **ANY)
 
 
+def _prod(v):
+    p = v.producer() if v is not None else None
+    return p.op_type if p is not None else None
+
+
 class EpsOutsideSqrt(FusionRule):
     def __init__(self, form: str):
         super().__init__(f"EpsOutsideSqrt[{form}]")
         self.form = form
+        if form == "div":
+            self.quick = lambda node: len(node.inputs) == 2 and _prod(node.inputs[1]) == "Add"
+        else:
+            self.quick = lambda node: "Reciprocal" in (_prod(v) for v in node.inputs)
 
     def pattern(self, op, num, eps):
         std_eps = op.Add(op.Sqrt(_variance(op)), eps)
@@ -43,6 +52,10 @@ class EpsOutsideSqrt(FusionRule):
 
 
 class RescaledVariance(FusionRule):
+    @staticmethod
+    def quick(node):
+        return len(node.inputs) == 2 and _prod(node.inputs[1]) == "Sqrt"
+
     def __init__(self):
         super().__init__("RescaledVariance")
 

@@ -2,6 +2,10 @@
 
     Cast(Norm(Cast(x: T → float32)) → T)  →  Norm(x)          T in {float16, bfloat16}
 
+and, for a norm the mixed-precision LayerNorm rule made (the original already rounds its mean and
+deviation to T), also ``Cast(Norm(Cast(x: T → float64)) → T)`` with T in {float16, bfloat16,
+float32}: float32 statistics instead of float64, within T's rounding (reported by that rule).
+
 Exact: the internal Norm means ONNX's normalization function with ``stash_type=1`` (cast X to
 float32, normalize, cast back to T, then scale and bias in T), which is what the pattern computes.
 Only a Norm without scale or bias folds; a scale applied in float32 before the cast back keeps the
@@ -20,6 +24,11 @@ from ._fragments import ANY
 class UpcastFold(FusionRule):
     report = False  # a Cast after a norm that is not the mirror of its input Cast is just a Cast
 
+    @staticmethod
+    def quick(node):
+        p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+        return p is not None and p.op_type == "Norm" and p.domain == INTERNAL_DOMAIN
+
     def __init__(self):
         super().__init__("FoldUpcast")
 
@@ -29,12 +38,16 @@ class UpcastFold(FusionRule):
         return op.Cast(normed, _allow_other_attributes=True, _outputs=["down"])
 
     def reason(self, context, x, up, normed, down, **_):
-        if x.dtype not in LOW_PRECISION:
-            return "input is not float16/bfloat16"
-        if up.producer().attributes["to"].value != ir.DataType.FLOAT:
-            return "upcast is not to float32"
+        to = up.producer().attributes["to"].value
         if down.producer().attributes["to"].value != x.dtype:
             return "the cast back is not to the input's type"
+        if x.dtype in LOW_PRECISION and to == ir.DataType.FLOAT:
+            pass  # exact: stash_type=1 is this upcast
+        elif "within_rounding" in normed.producer().attributes and to == ir.DataType.DOUBLE and (
+                x.dtype in LOW_PRECISION or x.dtype == ir.DataType.FLOAT):
+            pass  # a mixed-precision LayerNorm (already within the input's rounding): float32 statistics
+        else:
+            return "input is not float16/bfloat16 upcast to float32"
         if len([v for v in normed.producer().inputs[1:] if v is not None]):
             return "the norm has a float32 scale or bias"
         return None

@@ -21,6 +21,7 @@ class RMSNormFusion(StatisticFusion):
 
     def __init__(self, form: str):
         super().__init__("RMSNorm", form)
+        self.quick = F.quick_normalize(form)
 
     def pattern(self, op, x, eps):
         xc = F.maybe_cast(op, x)
