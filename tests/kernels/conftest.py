@@ -26,6 +26,7 @@ class NativeBuild:
     host: Path | None
     plugin: Path | None
     plugin_test: Path | None
+    loader_test: Path | None
 
 
 def _nvcc() -> str | None:
@@ -40,9 +41,10 @@ def native_build() -> NativeBuild:
     if _nvcc() and not shutil.which("nvcc"):
         env["PATH"] = str(Path(_nvcc()).parent) + os.pathsep + env.get("PATH", "")
     t0 = time.monotonic()
-    # The default architectures on purpose: CI checks registers/spills for all of them.
+    # The default architectures on purpose: CI checks registers/spills for all of them. The
+    # default (off) registration stated too: a build folder configured earlier keeps its cache.
     proc = subprocess.run(["bash", str(REPO / "scripts" / "build_plugins.sh"),
-                           "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90"],
+                           "-DCMAKE_CUDA_ARCHITECTURES=80;86;89;90", "-DLN_DEPLOY_STATIC_REGISTRATION=OFF"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - t0
     log = proc.stdout + proc.stderr
@@ -50,7 +52,7 @@ def native_build() -> NativeBuild:
         pytest.fail(f"scripts/build_plugins.sh failed ({proc.returncode}):\n{log[-6000:]}")
     found = lambda name: (BUILD_DIR / name) if (BUILD_DIR / name).is_file() else None  # noqa: E731
     return NativeBuild(BUILD_DIR, seconds, log, found("libln_kernels.so"), found("libln_norm_host.so"),
-                       found("libln_deploy_trt_plugin.so"), found("plugin_host_test"))
+                       found("libln_deploy_trt_plugin.so"), found("plugin_host_test"), found("plugin_loader_test"))
 
 
 @pytest.fixture(scope="session")
