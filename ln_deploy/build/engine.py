@@ -143,6 +143,11 @@ def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | 
     libs = [check_plugin_library(p) for p in plugins or ()]
     needed = plugin_ops(model)
     if needed and not libs:
+        from ..kernels import plugin_library
+
+        found = plugin_library()  # a built or installed copy (LN_DEPLOY_PLUGIN_LIB, plugins/build, <prefix>/lib)
+        libs = [check_plugin_library(found)] if found is not None else []
+    if needed and not libs:
         raise BadInputError(f"{model_path} holds {len(needed)} ln_deploy plugin node(s) ({', '.join(sorted(set(needed)))}): "
                             "pass --plugin PATH/libln_deploy_trt_plugin.so (bash scripts/build_plugins.sh builds it)")
     gp = graph_precision(model)

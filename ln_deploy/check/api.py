@@ -124,6 +124,14 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         _validate_paths_and_overrides(engine, plugins, profile, out_names)
         report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
                              engine=str(engine) if engine else None, tolerances=profile.to_json())
+        if engine and expanded and not plugins:
+            from ..kernels import plugin_library
+
+            found = plugin_library()  # the engine holds ln_deploy plugin layers: a built or installed copy
+            if found is not None:
+                plugins = [str(found)]
+                report.notes.append(f"loaded ln_deploy's TensorRT plugin {found} (ln_deploy.kernels.plugin_library; "
+                                    "--plugins chooses another)")
 
         if expanded:
             report.notes.append(

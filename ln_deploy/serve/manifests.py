@@ -490,6 +490,9 @@ def load_crd_schema(path: str | os.PathLike, kind: str = "InferenceService",
         raise BadInputError(f"--kserve-crd {p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        # An untrusted file: aliases could expand a few KB into gigabytes (and CRDs never use them)
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            raise BadInputError(f"--kserve-crd {p}: uses YAML aliases; a CRD (from kubectl or KServe) has none")
         docs = [d for d in yaml.load_all(text, Loader=loader) if d]
     except yaml.YAMLError as e:
         raise BadInputError(f"--kserve-crd {p}: not YAML ({str(e).splitlines()[0]})") from None

@@ -179,6 +179,13 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     else:
         engine = engine_signature(model_path)
         sig = engine.signature
+        if plugin_path is None and engine.plugins:
+            from ..kernels import plugin_library
+
+            found = plugin_library()  # the sidecar lists a plugin: a built or installed copy of ln_deploy's
+            if found is not None and found.name in engine.plugins:
+                _check_shared_library(found)
+                plugin_path = found
     if kind == "cpu" and platform == PLAN_PLATFORM:
         raise BadInputError("a TensorRT engine runs on a GPU: instance kind 'cpu' is not possible")
     if platform == PLAN_PLATFORM and kind == "auto":

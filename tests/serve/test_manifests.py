@@ -318,6 +318,8 @@ BAD_INPUTS = {
     "no storage": ([], "--k8s needs --storage-uri"),
     "not a CRD": (["--storage-uri", "s3://b/r", "--kserve-crd", "{runtimes}"], "no CustomResourceDefinition"),
     "missing CRD": (["--storage-uri", "s3://b/r", "--kserve-crd", "{missing}"], "cannot read"),
+    "CRD with aliases": (["--storage-uri", "s3://b/r", "--kserve-crd", "{laughs}"], "aliases"),
+    "CRD not YAML": (["--storage-uri", "s3://b/r", "--kserve-crd", "{garbage}"], "not YAML"),
     "zero replicas": (["--storage-uri", "s3://b/r", "--min-replicas", "0"], "--min-replicas"),
     "max below min": (["--storage-uri", "s3://b/r", "--min-replicas", "3", "--max-replicas", "2"], "--max-replicas"),
     "unknown Kubernetes": (["--storage-uri", "s3://b/r", "--kubernetes-version", "1.99"], "--kubernetes-version"),
@@ -331,12 +333,18 @@ def test_bad_manifest_options_are_refused_before_packaging(tmp_path, capsys, cas
     args, needle = BAD_INPUTS[case]
     model = tiny_onnx(tmp_path / "ln.onnx")
     (tmp_path / "afile").write_text("x")
+    laughs = tmp_path / "laughs.yaml"  # "billion laughs": each line ten times the one before
+    laughs.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)))
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_text("kind: [unclosed\n")
     k8s = str(tmp_path / "k8s")
     if "--k8s-dir-file" in args:
         args = [a for a in args if a != "--k8s-dir-file"]
         k8s = str(tmp_path / "afile")
     args = [a.replace("{runtimes}", str(SCHEMAS / "serving.kserve.io_servingruntimes.yaml"))
-             .replace("{missing}", str(tmp_path / "missing.yaml")) for a in args]
+             .replace("{missing}", str(tmp_path / "missing.yaml")).replace("{laughs}", str(laughs))
+             .replace("{garbage}", str(garbage)) for a in args]
     if case == "not a CRD" and not (SCHEMAS / "serving.kserve.io_servingruntimes.yaml").is_file():
         (tmp_path / "other.yaml").write_text("kind: ConfigMap\n")
         args[-1] = str(tmp_path / "other.yaml")
@@ -407,3 +415,28 @@ def test_docs_scaling_matches_the_generated_manifests(tmp_path, capsys, monkeypa
     for fact in (f"Kubernetes {mf.KUBERNETES_VERSION}", mf.TRITON_RELEASE, "aaac4e294dae2c7b1aa1886447793f3aa1c30912",
                  mf.COPY_IMAGES["s3"], mf.COPY_IMAGES["gs"]):
         assert fact in doc, fact
+
+
+@needs_crd
+def test_validation_needs_no_network(tmp_path, monkeypatch, strict_isvc_schema):
+    """kubernetes-validate's schemas and the CRD are read from disk: with every connection refused the
+    validators still run (and still refuse what is broken)."""
+    import socket
+
+    def refused(*args, **kwargs):
+        raise OSError("network disabled for this test")
+
+    engine, plugin = engine_with_plugin(tmp_path)
+    from ln_deploy.serve.repository import package_model
+
+    package_model(engine, tmp_path / "repo", "enc", plugin=plugin)
+    isvc, objects, _ = mf.build_manifests(tmp_path / "repo", mf.ManifestOptions(storage_uri="gs://b/r"))
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refused)
+    monkeypatch.setattr(socket, "getaddrinfo", refused)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    for version in (mf.KUBERNETES_VERSION, LATEST):
+        assert [p for o in objects for p in mf.validate_kubernetes(o, version)] == []
+    assert mf.validate_against_crd(isvc, strict_isvc_schema) == []
+    objects[0]["spec"]["replicas"] = -1.5
+    assert mf.validate_kubernetes(objects[0])
