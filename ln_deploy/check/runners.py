@@ -203,18 +203,17 @@ def onnxrt_providers() -> list[tuple[str, str]]:
 
 def make_onnxrt_session(model_bytes: bytes, provider: str, threads: int | None = None):
     """An ONNX Runtime session (built now, so the same one serves the comparison and the invariance runs)."""
-    import onnxruntime as ort
+    from ..ort import OrtCrash, SessionConfig, first_line, open_deployable
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    # At the deployment's level (ORT_ENABLE_ALL); an fp16/bf16 graph is probed in a child first and
+    # opened with a known crashing optimizer disabled where the probe needs it, as `serve` does.
     try:
-        return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
+        return open_deployable(model_bytes, SessionConfig(threads=threads or 0, provider=provider),
+                               what=f"the model ({provider})", probe="auto")[0]
+    except OrtCrash as e:
+        raise BadInputError(str(e)) from None
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise BadInputError(f"ONNX Runtime ({provider}) cannot load the model: {first}") from None
+        raise BadInputError(f"ONNX Runtime ({provider}) cannot load the model: {first_line(e)}") from None
 
 
 def tensorrt_unavailable_reason(engine) -> str | None:

@@ -137,13 +137,10 @@ def read_npz(path) -> dict:
 
 
 def _session(model):
-    import onnxruntime as ort
+    from ..ort import UNOPTIMIZED, open_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     # No graph rewrites: the values must be the ones each node computes, in the declared types.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return open_session(model, UNOPTIMIZED)
 
 
 @contextlib.contextmanager

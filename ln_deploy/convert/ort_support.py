@@ -46,16 +46,13 @@ def _probe_model(node_bytes: bytes, opset: tuple, in_types: tuple, out_types: tu
 
 @functools.lru_cache(maxsize=4096)
 def _session_ok(model_bytes: bytes) -> bool:
-    import onnxruntime as ort
+    from ..ort import UNOPTIMIZED, first_line, open_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        open_session(model_bytes, UNOPTIMIZED.replace(log_level=4))
         return True
     except Exception as e:  # NOT_IMPLEMENTED, or a type error in ORT's own schema
-        log.debug("probe failed: %s", str(e).splitlines()[0] if str(e) else e)
+        log.debug("probe failed: %s", first_line(e))
         return False
 
 

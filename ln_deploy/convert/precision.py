@@ -875,23 +875,19 @@ def _fuse_first(model, report):
 
 def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
     """Backstop for the per-node probe: emulate any node the CPU session still refuses."""
-    import re
-
-    import onnxruntime as ort
+    from ..ort import SessionConfig, open_session, parse_error
 
     if any(is_plugin(n) for n in all_nodes(converted.graph)):
         return converted, rep
+    # In this process at ORT_ENABLE_EXTENDED (kernels, type errors, ORT's fusions); the layout
+    # optimizers of ORT_ENABLE_ALL, where the known native crashes are, run in the deployment probe.
     for _ in range(50):
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
         try:
-            ort.InferenceSession(converted.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            open_session(converted, SessionConfig(level="extended", log_level=4), probe=False)
             return converted, rep
         except Exception as e:
             msg = str(e)
-            m = (re.search(r"node with name '([^']*)'", msg) or re.search(r"in node \(([^)]*)\)", msg)
-                 or re.search(r"Node \(([^)]*)\)", msg))
-            name = m.group(1) if m else None
+            name = parse_error(e).node
             if name and "LayerNormFusion" in name:
                 # ORT's own LayerNormFusion fuses a decomposed fp32 norm together with the Cast that
                 # feeds it and then rejects its own mixed-type node: feed the chain an fp32 tensor.

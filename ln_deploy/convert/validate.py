@@ -23,9 +23,9 @@ Any failure raises ``CheckFailedError`` with one line naming the node and the fi
 from __future__ import annotations
 
 import logging
-import re
 
 from ..errors import CheckFailedError
+from ..ort import first_line as _first_line
 from .graph import TYPE_NAMES, all_nodes, infer_types
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,6 @@ def _tname(t: int) -> str:
         return onnx.helper.tensor_dtype_to_np_dtype(t).name
     except Exception:
         return str(t)
-
-
-def _first_line(e) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _fail(what: str, detail: str, node: str | None = None, source=None) -> CheckFailedError:
@@ -95,21 +90,16 @@ def check_function_bodies(model) -> tuple[str, str] | None:
 def ort_load_error(model, allow_missing_kernels: bool) -> tuple[str | None, str] | None:
     """(node name or None, message) when ONNX Runtime's CPU provider refuses the model; None when it
     loads (or, with ``allow_missing_kernels``, fails only for want of a kernel)."""
-    import onnxruntime as ort
+    from ..ort import UNOPTIMIZED, open_session, parse_error
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        open_session(model, UNOPTIMIZED.replace(log_level=4))
         return None
     except Exception as e:
-        msg = _first_line(e)
-        if allow_missing_kernels and ("NOT_IMPLEMENTED" in msg or "Could not find an implementation" in msg):
+        err = parse_error(e)
+        if allow_missing_kernels and err.missing_kernel:
             return None
-        m = (re.search(r"node with name '([^']*)'", msg) or re.search(r"in node \(([^)]*)\)", msg)
-             or re.search(r"Node \(([^)]*)\)", msg))
-        return (m.group(1) if m and m.group(1) else None), msg
+        return err.node, err.message
 
 
 def validate_converted(model, *, source=None, ort: str = "required", what: str = "the converted model") -> None:
@@ -130,8 +120,9 @@ def validate_converted(model, *, source=None, ort: str = "required", what: str =
         if source is not None and _strict_inference_error(source) is not None:
             log.debug("strict inference fails on the source model too; not judging %s by it: %s", what, err)
         else:
-            m = re.search(r"node name: ([^)]*)\)", err)
-            raise _fail(what, f"ONNX type inference: {err}", m.group(1) if m else None, source)
+            from ..ort import node_name_in
+
+            raise _fail(what, f"ONNX type inference: {err}", node_name_in(err), source)
     bad = check_function_bodies(model)
     if bad is not None:
         raise _fail(what, bad[1], bad[0], source)

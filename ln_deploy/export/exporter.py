@@ -381,11 +381,9 @@ def _onnx_dtype(t) -> int:
 
 
 def _session(model):
-    import onnxruntime as ort
+    from ..ort import open_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return open_session(model)  # ORT_ENABLE_ALL, as deployed; fp16/bf16 graphs probed in a child first
 
 
 def _verify(model, module, args, input_names, atol) -> float:

@@ -32,13 +32,10 @@ class Mismatch:
 
 
 def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
+    from ..ort import SessionConfig, open_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # no ORT rewrites: the fused graph's own nodes are what is verified
+    return open_session(model, SessionConfig(level="disable", threads=2))
 
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

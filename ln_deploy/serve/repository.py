@@ -46,12 +46,14 @@ class PackageResult:
     config: object  # ModelConfig protobuf
     server_args: list[str] = field(default_factory=list)  # flags tritonserver needs for this repository
     ld_preload: str | None = None  # the LD_PRELOAD alternative to server_args
+    notes: list[str] = field(default_factory=list)  # e.g. a lowered ORT optimisation level, and why
 
     def summary(self) -> str:
         lines = [f"wrote {self.model_dir} (platform {self.config.platform}, max_batch_size {self.config.max_batch_size})"]
         if self.server_args:
             lines.append("start Triton with: tritonserver --model-repository=<repo> " + " ".join(_shell_quote(a) for a in self.server_args))
             lines.append(f"  (or LD_PRELOAD={self.ld_preload}; the flags are also in <repo>/{ARGS_FILE})")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -171,9 +173,14 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
         from ..fileio import load_onnx
 
         onnx_model = load_onnx(model_path)  # untrusted: checker + external-data paths
+    graph_level = None
         sig = onnx_signature(onnx_model)
         if ort_check:  # the source itself: a model Triton's backend cannot open is bad input, not a failed check
-            problems = _ort_opens(onnx_model)
+            from ..ort import level_from_triton
+
+            # the level Triton will open it at: lowered where ORT crashes at ORT_ENABLE_ALL
+            graph_level, level_note = triton_optimization_level(onnx_model)
+            problems = _ort_opens(onnx_model, level=level_from_triton(graph_level))
             if problems:
                 raise BadInputError(f"{model_path}: {problems[0]}")
     else:
@@ -203,6 +210,10 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     except OSError as e:
         if created_repo:
             with contextlib.suppress(OSError):
+    notes = []
+    if onnx_model is not None and ort_check and graph_level is not None:
+        config.optimization.graph.level = graph_level
+        notes.append(level_note)
                 repo.rmdir()
         raise BadInputError(f"cannot write the repository {repo}: {e.strerror or type(e).__name__}") from None
     try:
@@ -234,7 +245,7 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
                 repo.rmdir()
         raise
     args, preload = write_server_args(repo, model_root)
-    return PackageResult(final, final / "config.pbtxt", config, args, preload)
+    return PackageResult(final, final / "config.pbtxt", config, args, preload, notes)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -448,7 +459,10 @@ def validate_model_dir(model_dir: str | os.PathLike, *, name: str | None = None,
             continue
         problems += compare_config(config, sig, where=str(model_file))
         if platform == ONNX_PLATFORM and ort_check:
-            problems += _ort_opens(model_file)
+            from ..ort import level_from_triton
+
+            graph_level = config.optimization.graph.level if config.optimization.HasField("graph") else None
+            problems += _ort_opens(model_file, level=level_from_triton(graph_level))
         if platform == PLAN_PLATFORM and (vdir / PLUGIN_MANIFEST).exists():
             try:
                 manifest = json.loads((vdir / PLUGIN_MANIFEST).read_text())
@@ -499,14 +513,14 @@ def compare_config(config, sig: Signature, where: str = "model") -> list[str]:
     return problems
 
 
-def _ort_opens(path_or_model) -> list[str]:
+def _ort_opens(path_or_model, level: str = "all") -> list[str]:
     """Reasons ONNX Runtime cannot open a model file, or an in-memory ModelProto (its external data
-    loaded: ORT cannot shape-infer through external constants); [] when it opens. A model over
+    loaded: ORT cannot shape-infer through external constants), at the optimisation ``level``
+    Triton's backend will use; [] when it opens. The session is built in a child process first
+    (``ln_deploy.ort``): a native crash is a reason, not the end of this process. A model over
     protobuf's 2 GB cannot be serialized in memory: not checked here (its written copy is, by path)."""
-    import onnxruntime as ort
+    from ..ort import OrtCrash, SessionConfig, first_line, open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     if isinstance(path_or_model, (str, Path)):
         source, label = str(path_or_model), Path(path_or_model).name
     else:
@@ -515,8 +529,29 @@ def _ort_opens(path_or_model) -> list[str]:
         except Exception:  # noqa: BLE001 - protobuf refuses messages over 2 GB
             return []
     try:
-        ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        open_session(source, SessionConfig(level=level), probe=True)
+    except OrtCrash as e:
+        return [str(e.result.line(label))]
     except Exception as e:  # noqa: BLE001 - any ORT failure is a reason Triton would fail too
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        return [f"ONNX Runtime cannot open {label}: {first}"]
+        return [f"ONNX Runtime cannot open {label}: {first_line(e)}"]
     return []
+
+
+def triton_optimization_level(model) -> tuple[int | None, str]:
+    """(``optimization.graph.level`` for Triton's onnxruntime backend, or None for its default
+    ORT_ENABLE_ALL; a note when a lower level is needed). A model on which ONNX Runtime crashes at
+    ORT_ENABLE_ALL (a known optimizer bug, docs/precision.md) gets the level the probe found safe;
+    Triton cannot disable a single optimizer, so that is ORT_ENABLE_EXTENDED."""
+    from ..ort import OrtCrash, deployable_config, triton_graph_level
+
+    try:
+        source = model if isinstance(model, (str, Path)) else model.SerializeToString()
+        dep = deployable_config(source)
+    except OrtCrash:
+        return None, ""  # crashes at every level: _ort_opens reports it
+    except Exception:  # noqa: BLE001 - over 2 GB in memory: its written copy is checked by path
+        return None, ""
+    if not dep.worked_around:
+        return None, ""
+    level = triton_graph_level(dep.config)
+    return level, f"{dep.note('the model')}; config.pbtxt sets optimization.graph.level {level}"

@@ -71,26 +71,26 @@ class ServedModel:
         return dict(zip(self.output_names, results))
 
 
-def session_options(intra_op_threads: int = 0):
+def session_options(intra_op_threads: int = 0, spin: bool = False):
     """The ONNX Runtime session options the server uses (the benchmark's direct baseline uses them too)."""
-    import onnxruntime as ort
+    from .. import ort as ln_ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # ORT's pool threads spin while waiting for work by default: right for a benchmark loop, wrong
-    # for a server, where the spinning steals the cores the event loop needs to parse requests.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
-    return opts
+    return ln_ort.session_options(server_session_config(intra_op_threads, spin=spin))
+
+
+def server_session_config(intra_op_threads: int = 0, level: str = "all", spin: bool = False):
+    """The server's ``ln_deploy.ort.SessionConfig``. ORT's pool threads spin while waiting for work by
+    default: right for a benchmark loop, wrong for a server, where the spinning steals the cores the
+    event loop needs to parse requests."""
+    from ..ort import SessionConfig
+
+    return SessionConfig(level=level, threads=intra_op_threads, spinning=spin)
 
 
 def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int | None = None,
                       batch_window_s: float = 0.001, device: str = "auto", version: str = "1",
-                      intra_op_threads: int = 0) -> ServedModel:
+                      intra_op_threads: int = 0, spin: bool = False) -> ServedModel:
     """Open ``path`` in ONNX Runtime. ``max_batch_size`` None: 8 when the model can batch, else 0."""
-    import onnxruntime as ort
-
     from ..fileio import load_onnx
 
     path = Path(path)
@@ -108,12 +108,19 @@ def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int
     if max_batch_size < 0:
         raise BadInputError(f"--max-batch-size must be >= 0, got {max_batch_size}")
     providers = choose_providers(device)
-    opts = session_options(intra_op_threads)
+    from ..ort import OrtCrash, first_line, open_deployable
+
+    config = server_session_config(intra_op_threads, spin=spin).replace(provider=providers[0])
     try:
-        session = ort.InferenceSession(str(path), opts, providers=providers)
+        # an untrusted file: probed in a child process first (cached by hash), opened with a known
+        # crashing ORT optimizer disabled (or at a lower level) where the probe shows the crash
+        session, deployable = open_deployable(str(path), config, what=str(path))
+    except OrtCrash as e:
+        raise BadInputError(f"{e}; not served") from None
     except Exception as e:  # noqa: BLE001 - e.g. custom ops ORT does not know
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise BadInputError(f"ONNX Runtime cannot open {path}: {first}") from None
+        raise BadInputError(f"ONNX Runtime cannot open {path}: {first_line(e)}") from None
+    if deployable.worked_around:
+        log.warning("%s", deployable.note(str(path)))
     del model
     return ServedModel(name, version, path, session, sig, max_batch_size, batch_window_s,
                        list(session.get_providers()))
