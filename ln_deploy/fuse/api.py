@@ -196,12 +196,12 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
         raise BadInputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if opset is not None and not 1 <= opset <= onnx.defs.onnx_opset_version():
         raise BadInputError(f"opset {opset} is not one the installed onnx knows (1..{onnx.defs.onnx_opset_version()})")
-    if isinstance(model, (str, os.PathLike)):
-        model = load_for_fusion(model)
-    if not isinstance(model, onnx.ModelProto):
-        raise BadInputError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     t0 = time.perf_counter()
     notes: list[str] = []
+    if isinstance(model, (str, os.PathLike)):
+        model = _load(model, notes)
+    if not isinstance(model, onnx.ModelProto):
+        raise BadInputError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     model = _sorted(model, notes)
     original = model
     opset_before = _opset(original)
@@ -264,28 +264,33 @@ def _bisect(original, work, target, n, extra_rules, seed):
     return {"rule": a.rule, "nodes": a.nodes} if a else None
 
 
+def _sort_note(moved: int) -> str:
+    return (f"the nodes were not in topological order ({moved} moved); sorted first "
+            "(ONNX requires the order, ONNX Runtime does not)")
+
+
 def _sorted(model, notes: list):
-    """The model in topological order (a sorted copy when its file was not), with a note."""
+    """The model in topological order (a sorted copy when it was not), with a note."""
     from .canonical import sort_proto
 
     model, moved = sort_proto(model)
     if moved:
-        notes.append(f"the nodes were not in topological order ({moved} moved); sorted first "
-                     "(ONNX requires the order, ONNX Runtime does not)")
+        notes.append(_sort_note(moved))
     return model
 
 
-def load_for_fusion(path):
+def _load(path, notes: list):
     """Load an untrusted model file as ``fileio.load_onnx`` does, except that a graph whose only
-    defect is node order is sorted before the ONNX checker runs (see ``canonical.sort_proto``)."""
+    defect is node order is sorted (with a note) before the ONNX checker runs."""
     import onnx
 
     from ..fileio import load_onnx
-
     from .canonical import sort_proto
 
     model = load_onnx(path, check=False)
     model, moved = sort_proto(model)
+    if moved:
+        notes.append(_sort_note(moved))
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as e:
@@ -304,8 +309,7 @@ def fuse_file(in_path, out_path, target: str = "onnx", *, report_path=None, **kw
     check_output_path(out_path)
     if report_path is not None:
         check_output_path(report_path)
-    model = load_for_fusion(in_path)
-    fused, report = fuse_model(model, target, **kwargs)
+    fused, report = fuse_model(in_path, target, **kwargs)
     save_onnx_atomic(fused, out_path)
     if report_path is not None:
         write_text_atomic(report_path, report.to_json() + "\n")

@@ -11,9 +11,10 @@ first; none of it changes a value:
   whose result is exactly the same in numpy and ONNX Runtime (casts, data movement, and the
   correctly rounded IEEE operations: + - * / sqrt); never Pow/Exp/Erf..., never a graph input
   (the user may override an initializer that is also an input).
-* **shape no-ops**: ``Identity``, and ``Reshape``/``Squeeze``/``Unsqueeze``/``Expand``/``Flatten``
-  whose output shape equals the input shape (as static dims or the same named symbols) pass their
-  input on unchanged, so their consumers read the input directly.
+* **shape no-ops**: ``Identity``, an ``Expand`` whose output shape equals its input's, and a chain
+  of ``Reshape``/``Squeeze``/``Unsqueeze``/``Flatten`` (which keep the row-major order) that ends in
+  the shape it started from (static dims or the same named symbols) pass their input on unchanged,
+  so their consumers read it directly (``Unsqueeze`` then ``Squeeze`` between a variance and its Add).
 * **common subexpressions**: equal scalars and small integer constants are merged, then onnx_ir's
   CSE merges nodes with the same op, inputs and attributes (a mean computed twice, two
   ``Sub(x, mean)``). Weights are not merged: two norms with equal weights stay two norms.
@@ -37,7 +38,7 @@ EXACT_OPS = frozenset({
     "Split", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
     "Neg", "Abs", "Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Min", "Max", "Sign", "Floor", "Ceil",
 })
-SHAPE_NOOPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Expand", "Flatten"})
+RESHAPES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten"})  # keep the row-major order
 _SMALL = 64  # constants up to this many elements are merged when equal
 
 
@@ -187,20 +188,34 @@ def _same_shape(a: ir.Value, b: ir.Value) -> bool:
 
 
 def remove_shape_noops(graph: ir.Graph) -> int:
-    """Bypass Identity nodes and shape ops whose output shape equals their input shape."""
+    """Bypass Identity nodes, Expand to the same shape, and chains of Reshape/Squeeze/Unsqueeze/
+    Flatten (which keep the elements' row-major order) that end in the shape they started from."""
     n = 0
     for node in list(graph):
         if node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
             continue
-        if node.op_type != "Identity" and node.op_type not in SHAPE_NOOPS:
-            continue
-        x, y = node.inputs[0], node.outputs[0]
-        if node.op_type != "Identity" and not (_same_shape(x, y) and x.dtype == y.dtype):
-            continue
+        y = node.outputs[0]
         if y.is_graph_output():
             continue  # the output keeps its producer (and its name)
-        y.replace_all_uses_with(x)
-        graph.remove(node, safe=True)
+        source = None
+        if node.op_type == "Identity":
+            source = node.inputs[0]
+        elif node.op_type == "Expand":
+            source = node.inputs[0] if _same_shape(node.inputs[0], y) else None
+        elif node.op_type in RESHAPES:
+            v = node.inputs[0]
+            while v is not None:  # the earliest value of the reshape chain with y's shape
+                if _same_shape(v, y) and v.dtype == y.dtype:
+                    source = v
+                p = v.producer()
+                if p is None or p.op_type not in RESHAPES or p.domain not in ("", "ai.onnx"):
+                    break
+                v = p.inputs[0]
+        if source is None:
+            continue
+        y.replace_all_uses_with(source)
+        if not any(o.uses() for o in node.outputs):
+            graph.remove(node, safe=True)
         n += 1
     return n
 

@@ -440,3 +440,18 @@ def test_validation_needs_no_network(tmp_path, monkeypatch, strict_isvc_schema):
     assert mf.validate_against_crd(isvc, strict_isvc_schema) == []
     objects[0]["spec"]["replicas"] = -1.5
     assert mf.validate_kubernetes(objects[0])
+
+
+def test_kserve_values_match_kserves_triton_runtime():
+    """The InferenceService names KServe's Triton ClusterServingRuntime: its name, the model format and
+    protocol it serves, the model store the plugin paths are rewritten for, its metrics port."""
+    runtime_file = SCHEMAS / "kserve-tritonserver-runtime.yaml"
+    if not runtime_file.is_file():
+        pytest.skip("KServe's runtime (../shared/k8s_schemas/) is not beside the repository")
+    runtime = yaml.safe_load(runtime_file.read_text())
+    assert runtime["kind"] == "ClusterServingRuntime" and runtime["metadata"]["name"] == mf.KSERVE_RUNTIME
+    assert "triton" in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    (container,) = runtime["spec"]["containers"]
+    assert f"--model-store={mf.KSERVE_MODEL_ROOT}" in container["args"]
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == str(mf.METRICS_PORT)
