@@ -77,9 +77,12 @@ def test_plugin_library_checks(shared_libs, tmp_path):
         check_plugin_library(bad)
 
 
-def test_tensorrt_fused_model_is_valid_onnx_and_needs_the_plugin(exported_bundled, shared_libs, tmp_path):
+def test_tensorrt_fused_model_is_valid_onnx_and_needs_the_plugin(exported_bundled, shared_libs, tmp_path,
+                                                                  monkeypatch):
     """`fuse --target tensorrt` output passes the ONNX checker (plugin ops in the trt.plugins domain)
-    and the build refuses it without the plugin library, naming the plugin ops."""
+    and the build refuses it without the plugin library, naming the plugin ops; with none passed it
+    uses the one ln_deploy.kernels.plugin_library() finds."""
+    monkeypatch.setenv("LN_DEPLOY_PLUGIN_LIB", str(tmp_path / "no-plugin.so"))  # none built or installed
     from ln_deploy import plugin_spec
     from ln_deploy.fuse import fuse_model
 
@@ -96,6 +99,8 @@ def test_tensorrt_fused_model_is_valid_onnx_and_needs_the_plugin(exported_bundle
     assert plan.inputs[0]["name"] == "x"
     r = _cli("build", str(path), "-o", str(tmp_path / "e.plan"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--plugin" in r.stderr
+    monkeypatch.setenv("LN_DEPLOY_PLUGIN_LIB", str(shared_libs["plugin"]))
+    assert plan_build(path, tmp_path / "e.plan").plugins[0].path == str(shared_libs["plugin"].resolve())
 
 
 def test_plan_and_sidecar(exported_bundled, shared_libs, tmp_path):
