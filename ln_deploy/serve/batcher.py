@@ -10,15 +10,23 @@ longer than the batch in progress: the window only applies when the instance wou
 
 If a batched call fails, each request of the group is retried alone so that one bad request
 cannot fail its neighbours.
+
+Why no scheduler task, no ``asyncio.Event`` and no thread-pool futures: on a small model the
+event loop's own turns are a large part of a request's cost. Scheduling is a plain function
+(``_dispatch``) called where something changes -- a request arrives, a run finishes, the window
+timer fires -- so a request that completes a batch is handed to a worker in the same loop turn
+that parsed it. Each instance is one thread reading a ``SimpleQueue``; a finished run reaches the
+loop with one ``call_soon_threadsafe``, which resolves every request of the group at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .runtime import InferenceError, ServedModel
@@ -40,7 +48,7 @@ class _Pending:
     batch: int
     key: object
     future: asyncio.Future
-    t_enqueued: float
+    t_enqueued: float  # time.monotonic(), the event loop's clock
 
 
 @dataclass
@@ -68,28 +76,36 @@ class DynamicBatcher:
         self.instances = max(1, instances)
         self.stats = BatcherStats()
         self._pending: deque[_Pending] = deque()
-        self._executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{model.name}")
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._free = self.instances  # instances not running a batch
         self._closing = False
-        self._task: asyncio.Task | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.instances)
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self.model.name}")
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        for i in range(self.instances):
+            t = threading.Thread(target=self._worker, name=f"ort-{self.model.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued and running one, then stop the workers."""
         self._closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            for _ in range(self.instances):  # wait for the running batches
-                await self._slots.acquire()
-        self._executor.shutdown(wait=True)
+        if self._loop is None:
+            return
+        self._dispatch()  # the window no longer applies: everything queued runs now
+        while self._pending or self._free < self.instances:
+            self._idle.clear()
+            await self._idle.wait()
+        for _ in self._threads:
+            self._work.put(None)
+        for t in self._threads:
+            await asyncio.to_thread(t.join)
 
     @property
     def queued(self) -> int:
@@ -107,72 +123,78 @@ class DynamicBatcher:
         key = None
         if self.model.max_batch_size > 0:
             key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
-        loop = asyncio.get_running_loop()
-        p = _Pending(feeds, batch, key, loop.create_future(), time.perf_counter())
+        p = _Pending(feeds, batch, key, self._loop.create_future(), time.monotonic())
         self._pending.append(p)
-        self._wakeup.set()
+        self._dispatch()
         return await p.future
 
-    # -- scheduling ------------------------------------------------------------------------------
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._slots.acquire()
-            while not self._pending:
-                if self._closing:
-                    self._slots.release()
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            group = await self._gather()
+    # -- scheduling (event loop) -----------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Hand ready groups to free instances; arm the window timer for a group still filling."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._free and self._pending:
+            group, deadline = self._take_group()
+            if group is None:
+                self._timer = self._loop.call_at(deadline, self._dispatch)
+                return
             if not group:
-                self._slots.release()
                 continue
-            t0 = time.perf_counter()
-            fut = loop.run_in_executor(self._executor, self._execute, group)
-            fut.add_done_callback(lambda f, g=group, t=t0: self._finish(f, g, t))
+            self._free -= 1
+            self._work.put((group, time.monotonic()))
+        if self._closing and self._idle is not None and not self._pending and self._free == self.instances:
+            self._idle.set()
 
-    async def _gather(self) -> list[_Pending]:
+    def _take_group(self):
+        """(group, None) to run now, (None, deadline) to wait for more rows, ([], None) if all gone."""
+        pending = self._pending
+        while pending and pending[0].future.done():  # its client went away
+            pending.popleft()
+        if not pending:
+            return [], None
         mbs = self.model.max_batch_size
         if mbs == 0:
-            p = self._pending.popleft()
-            return [] if p.future.done() else [p]
-        first = self._pending[0]
-        deadline = first.t_enqueued + self.model.batch_window_s
-        while True:
-            total = 0
-            for p in self._pending:
-                if p.key == first.key and total + p.batch <= mbs:
-                    total += p.batch
-                    if total == mbs:
-                        break
-            remaining = deadline - time.perf_counter()
-            if total >= mbs or remaining <= 0 or self._closing:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        group, rest, total = [], deque(), 0
-        for p in self._pending:
-            if p.future.done():  # its client went away
-                continue
-            if p.key == first.key and total + p.batch <= mbs:
+            return [pending.popleft()], None
+        first = pending[0]
+        if first.batch >= mbs:  # the common case of full-batch requests: no scan
+            return [pending.popleft()], None
+        group, total = [], 0
+        for p in pending:
+            if p.key == first.key and total + p.batch <= mbs and not p.future.done():
                 group.append(p)
                 total += p.batch
-            else:
-                rest.append(p)
-        self._pending = rest
-        return group
+                if total == mbs:
+                    break
+        deadline = first.t_enqueued + self.model.batch_window_s
+        if total < mbs and not self._closing and time.monotonic() < deadline:
+            return None, deadline
+        taken = set(map(id, group))
+        self._pending = deque(p for p in pending if id(p) not in taken and not p.future.done())
+        return group, None
+
+    # -- execution (worker threads) --------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            group, t0 = item
+            try:
+                results = self._execute(group)
+            except BaseException as e:  # noqa: BLE001 - a bug in _execute must not hang the clients
+                log.exception("batch execution failed")
+                results = [InferenceError(f"internal error: {type(e).__name__}: {e}", client_error=False)] * len(group)
+            self._loop.call_soon_threadsafe(self._finish, group, results, t0, time.monotonic())
 
     def _execute(self, group: list[_Pending]) -> list:
-        """Worker thread: one session run for the group, or one per request after a failure."""
+        """One session run for the group, or one per request after a failure."""
         import numpy as np
 
         if len(group) == 1:
             return [self._run_one(group[0])]
         names = self.model.input_names
+        # The batch buffer: each request's rows copied in once (its arrays are views of its body).
         feeds = {n: np.concatenate([p.feeds[n] for p in group], axis=0) for n in names}
         total = sum(p.batch for p in group)
         try:
@@ -203,16 +225,11 @@ class DynamicBatcher:
         s.execution_count += 1
         s.batch_sizes[rows] = s.batch_sizes.get(rows, 0) + 1
 
-    def _finish(self, fut: asyncio.Future, group: list[_Pending], t0: float) -> None:
-        self._slots.release()
-        now = time.perf_counter()
-        try:
-            results = fut.result()
-        except BaseException as e:  # noqa: BLE001 - a bug in _execute must not hang the clients
-            log.exception("batch execution failed")
-            results = [InferenceError(f"internal error: {type(e).__name__}: {e}", client_error=False)] * len(group)
+    # -- completion (event loop) -----------------------------------------------------------------
+    def _finish(self, group: list[_Pending], results: list, t0: float, t1: float) -> None:
+        self._free += 1
         s = self.stats
-        s.compute_ns += int((now - t0) * 1e9)
+        s.compute_ns += int((t1 - t0) * 1e9)
         s.last_inference_ms = int(time.time() * 1000)
         for p, r in zip(group, results):
             s.queue_ns += int((t0 - p.t_enqueued) * 1e9)
@@ -224,5 +241,6 @@ class DynamicBatcher:
             else:
                 s.success_count += 1
                 s.inference_count += p.batch
-                s.success_ns += int((now - p.t_enqueued) * 1e9)
+                s.success_ns += int((t1 - p.t_enqueued) * 1e9)
                 p.future.set_result(r)
+        self._dispatch()

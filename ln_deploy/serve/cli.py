@@ -26,7 +26,12 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="ONNX Runtime provider: cuda when available under auto (default)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+                   help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime's choice, one "
+                        "per physical core)")
+    p.add_argument("--spin", choices=("on", "off"), default="off",
+                   help="let ONNX Runtime's pool threads spin between runs (default off: on a machine "
+                        "shared with the HTTP work the spinning takes the cores the requests need; "
+                        "see docs/serving.md)")
 
 
 def run(args) -> int:
@@ -35,5 +40,5 @@ def run(args) -> int:
     opts = ServeOptions(host=args.host, port=args.port, name=args.name, max_batch_size=args.max_batch_size,
                         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                         batch_window_ms=args.batch_window_ms, instances=args.instances, device=args.device,
-                        intra_op_threads=args.threads)
+                        intra_op_threads=args.threads, spin=args.spin == "on")
     return serve(args.model, opts)

@@ -6,11 +6,21 @@ the ``Inference-Header-Content-Length`` HTTP header, each binary input says its 
 ``parameters.binary_data_size``, and an output is returned in binary when the request asks with
 ``outputs[i].parameters.binary_data`` or the request-level ``parameters.binary_data_output``.
 
-Every malformed request raises ``ProtocolError`` with a message meant for the client.
+Parsing is strict, because a lenient parser turns a client's mistake into wrong answers: JSON
+``data`` elements must be of the declared datatype's kind (numbers for FP*, integers for INT*/UINT*,
+``true``/``false`` for BOOL; strings, ``null``, booleans in a number tensor, ``NaN``/``Infinity``
+literals and values out of the type's range are refused), nested ``data`` may be no deeper than
+the tensor's rank, and a body nested deeper than Python's JSON decoder allows is a 400, not a
+``RecursionError``. Every malformed request raises ``ProtocolError`` with a message for the client.
+
+Cost: a binary input is a NumPy view of the request body (no copy, no per-element work); the
+response header is assembled from per-model fragments encoded once, and a binary response is one
+buffer the outputs are copied into once.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -43,7 +53,57 @@ def _fail(msg: str):
     raise ProtocolError(msg)
 
 
-def parse_infer_request(body: bytes, header_length: str | None, model: ServedModel) -> InferRequest:
+def _refuse_constant(name: str):
+    _fail(f"the request body holds {name}, which is not JSON (non-finite values cannot be sent as JSON data)")
+
+
+# What a JSON data element may be, by NumPy dtype kind. bool is a subclass of int in Python, so the
+# sets are compared by exact type.
+_ELEMENT_TYPES = {"f": ({int, float}, "numbers"), "i": ({int}, "integers"), "u": ({int}, "integers"),
+                  "b": ({bool}, "true/false")}
+_JSON_NAMES = {str: "a string", type(None): "null", bool: "true/false", float: "a non-integer number",
+               dict: "an object", int: "an integer"}
+
+
+def _load_header(header) -> dict:
+    try:
+        req = json.loads(header, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        _fail("the request header is not UTF-8 JSON (binary tensors need the "
+              f"{HEADER_LENGTH} header)")
+    except json.JSONDecodeError as e:
+        _fail(f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+              "a truncated body reads this way too")
+    except RecursionError:
+        _fail("the request body is nested too deeply")
+    if not isinstance(req, dict):
+        _fail("the request body must be a JSON object")
+    return req
+
+
+class _Specs:
+    """Per-model facts the parser and encoder need, computed once per model."""
+
+    def __init__(self, model: ServedModel):
+        self.inputs = {t.name: (t, numpy_dtype(t.datatype).newbyteorder("<")) for t in model.signature.inputs}
+        self.output_types = {t.name: t.datatype for t in model.signature.outputs}
+        self.output_prefix = {t.name: '{"name":%s,"datatype":"%s","shape":[' % (json.dumps(t.name), t.datatype)
+                              for t in model.signature.outputs}
+        self.head = '{"model_name":%s,"model_version":%s,' % (json.dumps(model.name), json.dumps(model.version))
+
+
+_SPECS: dict[int, tuple[ServedModel, _Specs]] = {}
+
+
+def _specs(model: ServedModel) -> _Specs:
+    hit = _SPECS.get(id(model))
+    if hit is None or hit[0] is not model:
+        hit = _SPECS[id(model)] = (model, _Specs(model))
+    return hit[1]
+
+
+def parse_infer_request(body, header_length: str | None, model: ServedModel) -> InferRequest:
+    """``body``: bytes or bytearray (binary inputs become views of it, not copies)."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -51,19 +111,12 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
             _fail(f"{HEADER_LENGTH} must be an integer, got {header_length[:40]!r}")
         if n < 0 or n > len(body):
             _fail(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
-        header, binary = body[:n], memoryview(body)[n:]
+        view = memoryview(body)
+        header, binary = view[:n], view[n:]
+        header = bytes(header)  # json.loads takes bytes, not a memoryview; headers are small
     else:
         header, binary = body, memoryview(b"")
-    try:
-        req = json.loads(header)
-    except UnicodeDecodeError:
-        _fail("the request header is not UTF-8 JSON (binary tensors need the "
-              f"{HEADER_LENGTH} header)")
-    except json.JSONDecodeError as e:
-        _fail(f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-              "a truncated body reads this way too")
-    if not isinstance(req, dict):
-        _fail("the request body must be a JSON object")
+    req = _load_header(header)
     params = req.get("parameters") or {}
     if not isinstance(params, dict):
         _fail("'parameters' must be an object")
@@ -76,7 +129,7 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         _fail("'inputs' must be a non-empty list")
-    specs = {t.name: t for t in model.signature.inputs}
+    specs = _specs(model)
     feeds: dict = {}
     offset = 0
     for i, item in enumerate(inputs):
@@ -85,27 +138,26 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
         name = item.get("name")
         if not isinstance(name, str):
             _fail(f"inputs[{i}] needs a 'name'")
-        spec = specs.get(name)
-        if spec is None:
-            _fail(f"unexpected input '{name}': model '{model.name}' takes {sorted(specs)}")
+        found = specs.inputs.get(name)
+        if found is None:
+            _fail(f"unexpected input '{name}': model '{model.name}' takes {sorted(specs.inputs)}")
+        spec, dtype = found
         if name in feeds:
             _fail(f"input '{name}' appears twice")
         datatype = item.get("datatype")
         if datatype != spec.datatype:
             _fail(f"input '{name}': datatype {datatype!r} does not match the model's {spec.datatype}")
         shape = item.get("shape")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                       for d in shape)):
+        if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)):
             _fail(f"input '{name}': 'shape' must be a list of non-negative integers")
         _check_shape(name, shape, spec.shape, model)
-        dtype = numpy_dtype(spec.datatype)
         count = math.prod(shape)
         iparams = item.get("parameters") or {}
         if not isinstance(iparams, dict):
             _fail(f"input '{name}': 'parameters' must be an object")
         size = iparams.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if type(size) is not int or size < 0:
                 _fail(f"input '{name}': binary_data_size must be a non-negative integer")
             if "data" in item:
                 _fail(f"input '{name}' has both 'data' and binary_data_size")
@@ -116,17 +168,18 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
             if offset + size > len(binary):
                 _fail(f"input '{name}': the body is truncated (binary data ends at byte {len(binary)}, "
                       f"this input needs bytes {offset}..{offset + size})")
-            arr = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
+            arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+            if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
+                _fail(f"input '{name}': BOOL binary data must be bytes 0 or 1")
             offset += size
         else:
-            data = item.get("data")
-            if data is None:
+            if "data" not in item or item["data"] is None:
                 _fail(f"input '{name}' has no 'data' and no binary_data_size")
-            arr = _json_tensor(name, data, dtype, shape, count)
+            arr = _json_tensor(name, item["data"], dtype, spec.datatype, shape, count)
         feeds[name] = arr
     if offset != len(binary):
         _fail(f"{len(binary) - offset} bytes of binary data follow the inputs that declared binary data")
-    missing = [n for n in specs if n not in feeds]
+    missing = [n for n in specs.inputs if n not in feeds]
     if missing:
         _fail(f"missing inputs {missing} for model '{model.name}'")
 
@@ -144,19 +197,18 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
     default_binary = params.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         _fail("'binary_data_output' must be true or false")
-    out_names = model.output_names
     req_outputs = req.get("outputs")
     outputs = []
     if req_outputs is None:
-        outputs = [(n, default_binary) for n in out_names]
+        outputs = [(n, default_binary) for n in specs.output_types]
     else:
         if not isinstance(req_outputs, list):
             _fail("'outputs' must be a list")
         for j, o in enumerate(req_outputs):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 _fail(f"outputs[{j}] needs a 'name'")
-            if o["name"] not in out_names:
-                _fail(f"unexpected output '{o['name']}': model '{model.name}' returns {out_names}")
+            if o["name"] not in specs.output_types:
+                _fail(f"unexpected output '{o['name']}': model '{model.name}' returns {list(specs.output_types)}")
             oparams = o.get("parameters") or {}
             if not isinstance(oparams, dict):
                 _fail(f"output '{o['name']}': 'parameters' must be an object")
@@ -170,12 +222,11 @@ def parse_infer_request(body: bytes, header_length: str | None, model: ServedMod
 
 
 def _check_shape(name: str, shape: list, model_shape: tuple, model: ServedModel) -> None:
+    expected_rank = len(model_shape)
     if model.max_batch_size > 0:
-        expected_rank = len(model_shape)
         described = ["batch"] + [("-1" if d == -1 else str(d)) for d in model_shape[1:]]
         fixed = list(enumerate(model_shape))[1:]
     else:
-        expected_rank = len(model_shape)
         described = [("-1" if d == -1 else str(d)) for d in model_shape]
         fixed = list(enumerate(model_shape))
     if len(shape) != expected_rank:
@@ -186,47 +237,67 @@ def _check_shape(name: str, shape: list, model_shape: tuple, model: ServedModel)
             _fail(f"input '{name}': shape {shape} but axis {axis} must be {d} [{', '.join(described)}]")
 
 
-def _json_tensor(name: str, data, dtype, shape: list, count: int):
+def _json_tensor(name: str, data, dtype, datatype: str, shape: list, count: int):
+    """A JSON ``data`` list (flat, or nested no deeper than the rank) as an array of ``dtype``."""
     if not isinstance(data, list):
         _fail(f"input '{name}': 'data' must be a list")
+    flat, depth = data, 1
+    types = set(map(type, flat))
+    while list in types:
+        if len(types) > 1:
+            _fail(f"input '{name}': 'data' mixes lists and values at nesting level {depth}")
+        depth += 1
+        if depth > max(1, len(shape)):
+            _fail(f"input '{name}': 'data' is nested {depth} deep, deeper than the tensor's rank {len(shape)}")
+        flat = list(itertools.chain.from_iterable(flat))
+        types = set(map(type, flat))
+    allowed, what = _ELEMENT_TYPES.get(dtype.kind, (set(), "?"))
+    bad = types - allowed
+    if bad:
+        found = ", ".join(sorted(_JSON_NAMES.get(t, t.__name__) for t in bad))
+        _fail(f"input '{name}': {datatype} 'data' must hold {what}, got {found}")
+    if len(flat) != count:
+        _fail(f"input '{name}': 'data' holds {len(flat)} values but shape {shape} needs {count}")
     try:
-        if dtype.kind in "iub":
-            arr = np.array(data, dtype=object).ravel()
-            if arr.size == count and not all(isinstance(v, (int, bool)) and (dtype.kind == "b") == isinstance(v, bool)
-                                             for v in arr.tolist()):
-                _fail(f"input '{name}': 'data' must hold {'booleans' if dtype.kind == 'b' else 'integers'}")
-            arr = arr.astype(dtype)
-        else:
-            arr = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as e:
-        _fail(f"input '{name}': 'data' is not a list of numbers ({str(e)[:120]})")
-    if arr.size != count:
-        _fail(f"input '{name}': 'data' holds {arr.size} values but shape {shape} needs {count}")
+        with np.errstate(over="raise"):
+            arr = np.array(flat, dtype=dtype)
+    except (OverflowError, FloatingPointError):
+        _fail(f"input '{name}': a value in 'data' is out of the range of {datatype}")
+    if dtype.kind == "f" and count and not np.isfinite(arr).all():
+        _fail(f"input '{name}': a value in 'data' is out of the range of {datatype}")
     return arr.reshape(shape)
 
 
 def encode_infer_response(model: ServedModel, req: InferRequest, results: dict) -> tuple[bytes, dict]:
     """Body and headers of a successful response; binary outputs follow the JSON header."""
-    outputs, blobs = [], []
+    specs = _specs(model)
+    parts, blobs, size = [], [], 0
     for name, binary in req.outputs:
-        arr = np.ascontiguousarray(results[name])
-        spec_type = next(t.datatype for t in model.signature.outputs if t.name == name)
-        entry = {"name": name, "datatype": spec_type, "shape": list(arr.shape)}
+        arr = results[name]
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        shape = ",".join(map(str, arr.shape))
         if binary:
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
+            arr = np.ascontiguousarray(arr)
+            parts.append(f'{specs.output_prefix[name]}{shape}],"parameters":{{"binary_data_size":{arr.nbytes}}}}}')
+            blobs.append(arr)
+            size += arr.nbytes
         else:
-            entry["data"] = arr.ravel().tolist()
-        outputs.append(entry)
-    resp = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
-    if req.id is not None:
-        resp["id"] = req.id
-    header = json.dumps(resp, separators=(",", ":")).encode()
+            data = json.dumps(arr.ravel().tolist(), separators=(",", ":"))
+            parts.append(f'{specs.output_prefix[name]}{shape}],"data":{data}}}')
+    rid = f',"id":{json.dumps(req.id)}' if req.id is not None else ""
+    header = f'{specs.head}"outputs":[{",".join(parts)}]{rid}}}'.encode()
     if not blobs:
         return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
-                                         HEADER_LENGTH.lower(): str(len(header))}
+    # One buffer, each output copied into it once (tobytes + join would copy every output twice).
+    body = bytearray(len(header) + size)
+    view = memoryview(body)
+    view[:len(header)] = header
+    pos = len(header)
+    for arr in blobs:
+        view[pos:pos + arr.nbytes] = memoryview(arr.reshape(-1)).cast("B")
+        pos += arr.nbytes
+    return body, {"content-type": "application/octet-stream", HEADER_LENGTH.lower(): str(len(header))}
 
 
 def model_metadata(model: ServedModel) -> dict:

@@ -36,7 +36,8 @@ class ServeOptions:
     batch_window_ms: float | None = None  # None: the config's max_queue_delay, or 1 ms
     instances: int = 1
     device: str = "auto"
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    spin: bool = False  # ORT pool threads spin between runs (see docs/serving.md for the measurement)
     graceful_timeout_s: int = 30
 
     def validate(self) -> None:
@@ -70,7 +71,7 @@ def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
 
         check_model_name(name)
         return [load_served_model(src, name, max_batch_size=opts.max_batch_size, batch_window_s=window_default,
-                                  device=opts.device, intra_op_threads=opts.intra_op_threads)]
+                                  device=opts.device, intra_op_threads=opts.intra_op_threads, spin=opts.spin)]
     if not src.exists():
         raise BadInputError(f"no such file or folder: {src}")
     if not src.is_dir():
@@ -101,7 +102,8 @@ def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
             window = config.dynamic_batching.max_queue_delay_microseconds / 1e6
         models.append(load_served_model(vdir / (config.default_model_filename or "model.onnx"), config.name,
                                         max_batch_size=mbs, batch_window_s=window, device=opts.device,
-                                        version=vdir.name, intra_op_threads=opts.intra_op_threads))
+                                        version=vdir.name, intra_op_threads=opts.intra_op_threads,
+                                        spin=opts.spin))
     if not models:
         raise BadInputError(f"{src}: no ONNX model to serve (expected <repo>/<name>/config.pbtxt with "
                             "platform onnxruntime_onnx, as `ln-deploy package` writes)")
@@ -109,9 +111,13 @@ def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, created with ``IPPROTO_TCP``: asyncio turns Nagle off (TCP_NODELAY) only
+    on accepted sockets whose ``proto`` says TCP, and an accepted socket inherits the listener's.
+    With protocol 0, keep-alive requests waited ~40 ms each for the client's delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Linux also copies it to accepted sockets
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -139,12 +145,14 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
     host, port = sock.getsockname()[:2]
     debug = logging.getLogger().isEnabledFor(logging.DEBUG)
     config = uvicorn.Config(app, lifespan="on", log_level="debug" if debug else "warning", access_log=debug,
-                            timeout_graceful_shutdown=opts.graceful_timeout_s, server_header=False)
+                            timeout_graceful_shutdown=opts.graceful_timeout_s, server_header=False,
+                            http=_http_protocol(), loop="asyncio")
     server = uvicorn.Server(config)
     for m in models:
         info(f"[ln-deploy] model {m.name!r} v{m.version}: {', '.join(t.describe() for t in m.signature.inputs)} "
              f"-> {', '.join(t.describe() for t in m.signature.outputs)}; max_batch_size {m.max_batch_size}, "
-             f"window {m.batch_window_s * 1000:g} ms, {m.providers[0]}")
+             f"window {m.batch_window_s * 1000:g} ms, {m.providers[0]}, "
+             f"{opts.intra_op_threads or 'default'} intra-op threads, spinning {'on' if opts.spin else 'off'}")
     url_host = f"[{host}]" if ":" in host else host
     # uvicorn installs its own handlers while it runs and re-raises the signal after a graceful
     # shutdown; these recorders receive that re-raise so the process exits 0, not by the signal.
@@ -161,6 +169,16 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
     if received:
         info(f"[ln-deploy] stopped on {signal.Signals(received[0]).name}: in-flight requests finished")
     return 0
+
+
+def _http_protocol() -> str:
+    """httptools (C parser, in the serve extra) where installed; h11 (pure Python) otherwise."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        log.warning("httptools is not installed: serving with the slower pure-Python h11 parser")
+        return "h11"
+    return "httptools"
 
 
 class _Announcer:

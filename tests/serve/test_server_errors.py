@@ -56,7 +56,25 @@ CASES = {
     "wrong rank": (_json_body([_x([8, 64])]), {}, 400, "rank 2"),
     "wrong fixed dim": (_json_body([_x([1, 8, 63])]), {}, 400, "axis 2 must be 64"),
     "data count differs from shape": (_json_body([_x([1, 8, 64], data=[1.0] * 10)]), {}, 400, "holds 10 values"),
-    "data not numbers": (_json_body([_x([1, 1, 64], data=["a"] * 64)]), {}, 400, "not a list of numbers"),
+    "data not numbers": (_json_body([_x([1, 1, 64], data=["a"] * 64)]), {}, 400, "must hold numbers, got a string"),
+    # Strict element types: each of these used to be accepted (null gave an all-NaN answer, status 200).
+    "FP32 data as strings of numbers": (_json_body([_x([1, 1, 64], data=["0.5"] * 64)]), {}, 400,
+                                        "FP32 'data' must hold numbers, got a string"),
+    "FP32 data with a null": (_json_body([_x([1, 1, 64], data=[0.5] * 63 + [None])]), {}, 400, "got null"),
+    "FP32 data as booleans": (_json_body([_x([1, 1, 64], data=[True] * 64)]), {}, 400, "got true/false"),
+    "FP32 data mixing numbers and a boolean": (_json_body([_x([1, 1, 64], data=[1.0] * 63 + [False])]), {}, 400,
+                                               "got true/false"),
+    "NaN literal (not JSON)": (_json_body([_x([1, 1, 64])]).replace(b"0.5", b"NaN", 1), {}, 400, "not JSON"),
+    "value out of FP32 range": (_json_body([_x([1, 1, 64], data=[1e39] + [0.5] * 63)]), {}, 400,
+                                "out of the range of FP32"),
+    "data nested deeper than the rank": (_json_body([_x([1, 1, 64], data=[[[[0.5]] * 64]])]), {}, 400,
+                                         "deeper than the tensor's rank 3"),
+    "data mixing lists and values": (_json_body([_x([1, 1, 64], data=[[0.5] * 63, 0.5])]), {}, 400,
+                                     "mixes lists and values"),
+    "body nested 100k levels deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400,
+                                     "nested too deeply"),
+    "shape with a boolean dim": (_json_body([_x([1, True, 64], data=[0.5] * 64)]), {}, 400,
+                                 "non-negative integers"),
     "negative dim": (_json_body([_x([1, -8, 64], data=[])]), {}, 400, "non-negative integers"),
     "batch over the limit": (_json_body([_x([9, 1, 64])]), {}, 400, "batch size 9 exceeds the maximum of 8"),
     "empty batch": (_json_body([_x([0, 1, 64], data=[])]), {}, 400, "at least 1"),
@@ -83,6 +101,42 @@ def test_bad_request_is_answered_4xx_and_server_keeps_serving(shared_server, cas
     got_status, got_body = _post(shared_server, INFER, body, headers)
     assert got_status == status, got_body
     assert message in json.loads(got_body)["error"]
+    _assert_still_serving(shared_server)
+
+
+def test_nested_data_up_to_the_rank_is_the_flat_tensor(shared_server):
+    x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32)
+    answers = []
+    for data in (x.ravel().tolist(), x.tolist(), [row.ravel().tolist() for row in x]):
+        status, body = _post(shared_server, INFER, _json_body([_x([2, 3, 64], data=data)]))
+        assert status == 200, body
+        answers.append(json.loads(body)["outputs"][0]["data"])
+    assert answers[0] == answers[1] == answers[2]
+
+
+def _request(server, method: str, path: str):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.getheader("content-type"), r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("method, path, status, message", [
+    ("GET", "/v2/nope", 404, "Not Found: GET /v2/nope"),
+    ("GET", "/", 404, "Not Found"),
+    ("POST", "/v2/models/pre_ln_encoder/infer/extra", 404, "Not Found"),
+    ("GET", INFER, 405, "allowed: POST"),
+    ("DELETE", "/v2/health/live", 405, "Method Not Allowed"),
+    ("PUT", "/v2/models/pre_ln_encoder", 405, "Method Not Allowed"),
+])
+def test_unknown_routes_and_wrong_methods_answer_json(shared_server, method, path, status, message):
+    got, ctype, body = _request(shared_server, method, path)
+    assert got == status
+    assert ctype == "application/json"
+    assert message in json.loads(body)["error"]
     _assert_still_serving(shared_server)
 
 
