@@ -349,11 +349,6 @@ def hf_albert():
     return _hf(T.AlbertModel(T.AlbertConfig(**_BERTLIKE, embedding_size=16)), (_ids(),))
 
 
-def hf_electra():
-    T = _transformers()
-    return _hf(T.ElectraModel(T.ElectraConfig(**_BERTLIKE, embedding_size=16)), (_ids(),))
-
-
 def hf_gpt2():
     T = _transformers()
     cfg = T.GPT2Config(vocab_size=VOCAB, n_embd=D, n_layer=LAYERS, n_head=HEADS, n_positions=64)
@@ -368,25 +363,10 @@ def hf_gpt_neo():
     return _hf(T.GPTNeoModel(cfg), (_ids(),), HFCausal)
 
 
-def hf_opt():
-    T = _transformers()
-    cfg = T.OPTConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      ffn_dim=FF, max_position_embeddings=64, word_embed_proj_dim=D)
-    return _hf(T.OPTModel(cfg), (_ids(),), HFCausal)
-
-
 def hf_bloom():
     T = _transformers()
     cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=D, n_layer=LAYERS, n_head=HEADS)
     return _hf(T.BloomModel(cfg), (_ids(),), HFCausal)
-
-
-def hf_falcon():
-    T = _transformers()
-    cfg = T.FalconConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                         new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
-                         alibi=False, max_position_embeddings=64)
-    return _hf(T.FalconModel(cfg), (_ids(),), HFCausal)
 
 
 def hf_phi():
@@ -404,11 +384,6 @@ def hf_mistral():
     T = _transformers()
     cfg = T.MistralConfig(**_DECODER, num_key_value_heads=2, sliding_window=8)
     return _hf(T.MistralModel(cfg), (_ids(),), HFCausal)
-
-
-def hf_qwen2():
-    T = _transformers()
-    return _hf(T.Qwen2Model(T.Qwen2Config(**_DECODER, num_key_value_heads=2)), (_ids(),), HFCausal)
 
 
 def hf_qwen3():
@@ -450,7 +425,8 @@ def hf_bart():
 def hf_whisper_encoder():
     T = _transformers()
     cfg = T.WhisperConfig(num_mel_bins=16, d_model=D, encoder_layers=LAYERS, encoder_attention_heads=HEADS,
-                          encoder_ffn_dim=FF, max_source_positions=SEQ, vocab_size=VOCAB, pad_token_id=0,
+                          encoder_ffn_dim=FF, decoder_layers=1, decoder_attention_heads=HEADS, decoder_ffn_dim=FF,
+                          max_source_positions=SEQ, vocab_size=VOCAB, pad_token_id=0,
                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
     model = T.WhisperModel(cfg).get_encoder()  # expects [batch, mel bins, 2 * max_source_positions] frames
     return _hf(model, (torch.randn(BATCH, 16, 2 * SEQ),), lambda m: HFOutput(m, "input_features"))
@@ -463,12 +439,6 @@ _VIT = dict(image_size=IMAGE, patch_size=8, num_channels=3, hidden_size=D, num_h
 def hf_vit():
     T = _transformers()
     return _hf(T.ViTModel(T.ViTConfig(**_VIT), add_pooling_layer=False), (_image(),),
-               lambda m: HFOutput(m, "pixel_values"))
-
-
-def hf_deit():
-    T = _transformers()
-    return _hf(T.DeiTModel(T.DeiTConfig(**_VIT), add_pooling_layer=False), (_image(),),
                lambda m: HFOutput(m, "pixel_values"))
 
 
@@ -488,7 +458,7 @@ def hf_convnext():
 def hf_clip_text():
     T = _transformers()
     cfg = T.CLIPTextConfig(vocab_size=VOCAB, hidden_size=D, intermediate_size=FF, num_hidden_layers=LAYERS,
-                           num_attention_heads=HEADS, max_position_embeddings=SEQ)
+                           num_attention_heads=HEADS, max_position_embeddings=64)
     return _hf(T.CLIPTextModel(cfg), (_ids(),), HFCausal)
 
 
@@ -593,23 +563,18 @@ ZOO = [
     Arch("hf_distilbert", "transformers", "post-LN", hf_distilbert, "transformers"),
     Arch("hf_roberta", "transformers", "post-LN", hf_roberta, "transformers"),
     Arch("hf_albert", "transformers", "post-LN (shared layers)", hf_albert, "transformers"),
-    Arch("hf_electra", "transformers", "post-LN", hf_electra, "transformers"),
     Arch("hf_gpt2", "transformers", "pre-LN", hf_gpt2, "transformers"),
     Arch("hf_gpt_neo", "transformers", "pre-LN", hf_gpt_neo, "transformers"),
-    Arch("hf_opt", "transformers", "pre-LN", hf_opt, "transformers"),
     Arch("hf_bloom", "transformers", "pre-LN (+ embedding LN)", hf_bloom, "transformers"),
-    Arch("hf_falcon", "transformers", "pre-LN (parallel attention)", hf_falcon, "transformers"),
     Arch("hf_phi", "transformers", "pre-LN (parallel attention)", hf_phi, "transformers"),
     Arch("hf_llama", "transformers", "RMSNorm", hf_llama, "transformers"),
     Arch("hf_mistral", "transformers", "RMSNorm", hf_mistral, "transformers"),
-    Arch("hf_qwen2", "transformers", "RMSNorm", hf_qwen2, "transformers"),
     Arch("hf_qwen3", "transformers", "RMSNorm (+ per-head q/k norm)", hf_qwen3, "transformers"),
     Arch("hf_gemma", "transformers", "Gemma RMSNorm (1 + weight)", hf_gemma, "transformers"),
     Arch("hf_t5_encoder", "transformers", "RMSNorm (T5, no mean)", hf_t5_encoder, "transformers"),
     Arch("hf_bart", "transformers", "post-LN (encoder-decoder)", hf_bart, "transformers"),
     Arch("hf_whisper_encoder", "transformers", "pre-LN (conv front end)", hf_whisper_encoder, "transformers"),
     Arch("hf_vit", "transformers", "pre-LN", hf_vit, "transformers"),
-    Arch("hf_deit", "transformers", "pre-LN", hf_deit, "transformers"),
     Arch("hf_swin", "transformers", "pre-LN (windows)", hf_swin, "transformers"),
     Arch("hf_convnext", "transformers", "channels-first LN", hf_convnext, "transformers"),
     Arch("hf_clip_text", "transformers", "pre-LN (causal)", hf_clip_text, "transformers"),
