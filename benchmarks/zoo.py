@@ -22,6 +22,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ ZOO_FILE = ROOT / "models" / "zoo.py"
 # stage -> (the stage it needs, the command; {d} = work dir, {spec} = the SPEC, {name} = the model)
 STAGES = {
     "export": (None, ["export", "{spec}", "-o", "{d}/m.onnx"]),
-    "fuse": ("export", ["fuse", "{d}/m.onnx", "-o", "{d}/m.fused.onnx", "--target", "onnx"]),
+    "fuse": ("export", ["fuse", "{d}/m.onnx", "-o", "{d}/m.fused.onnx", "--target", "onnx", "--opset", "23"]),
     "fuse_trt": ("export", ["fuse", "{d}/m.onnx", "-o", "{d}/m.trt.onnx", "--target", "tensorrt"]),
     "fp16": ("fuse", ["convert", "{d}/m.fused.onnx", "-o", "{d}/m.fp16.onnx", "--precision", "fp16", "--spec", "{spec}"]),
     "bf16": ("fuse", ["convert", "{d}/m.fused.onnx", "-o", "{d}/m.bf16.onnx", "--precision", "bf16", "--spec", "{spec}"]),
@@ -80,6 +81,30 @@ def run_stage(argv: list[str]) -> dict:
     if code == 3 or "Traceback (most recent call last)" in err.getvalue():  # 3: the CLI caught a bug
         return {"status": "TRACEBACK", "seconds": seconds, "error": why}
     return {"status": "fail", "seconds": seconds, "error": f"exit {code}: {why}"}
+
+
+NORM_OPS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+            "SkipSimplifiedLayerNormalization")
+
+
+def count_norms(path: str) -> int:
+    """Normalization operators in a model (standard, ORT contrib or ln_deploy plugin), subgraphs and
+    function bodies included: what export produced and fuse made of it."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+
+    def walk(graph):
+        n = 0
+        for node in graph.node:
+            n += node.op_type in NORM_OPS or node.op_type.startswith("LnDeploy")
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    n += walk(attr.g)
+                n += sum(walk(g) for g in attr.graphs)
+        return n
+
+    return walk(model.graph)
 
 
 def serve_and_query(name: str, workdir: Path, spec: str) -> dict:
@@ -174,6 +199,8 @@ def run_pipeline(name: str, workdir: Path, *, serve: bool = False, record=None, 
             else:
                 argv = [a.format(d=workdir, spec=spec, name=name) for a in STAGES[stage][1]]
                 res = run_stage(argv)
+                if res["status"] == "pass" and stage in ("export", "fuse", "fuse_trt"):
+                    res["norms"] = count_norms(argv[argv.index("-o") + 1])
         results[stage] = res
         if record:
             record(stage, res)
@@ -198,6 +225,8 @@ def _child(name: str, workdir: str, journal: str, serve: bool) -> int:
 def run_isolated(name: str, workdir: Path, *, serve: bool, timeout: float) -> tuple[dict, float]:
     """``run_pipeline`` in a child process; a signal or a timeout is charged to the running stage."""
     journal = workdir / "journal.jsonl"
+    if journal.exists():  # this script's folder from an earlier run: start clean (package refuses to overwrite)
+        shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     journal.write_text("")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--workdir", str(workdir),
@@ -265,7 +294,7 @@ def _cell(res: dict | None) -> str:
         return "-"
     s = res["status"]
     if s == "pass":
-        return f"pass {res['seconds']:.1f}s"
+        return f"pass {res['seconds']:.1f}s" + (f" ({res['norms']})" if "norms" in res else "")
     if s == "skip":
         return "skip"
     return f"**{s}** {res['seconds']:.1f}s"
@@ -283,7 +312,9 @@ def table(rows: list[tuple], served: set) -> str:
             r = results.get(s)
             if r and r["status"] not in ("pass", "skip"):
                 errors.append(f"- `{arch.name}` {s}: {r['status']}: {r['error'].replace('|', '/')}")
-    return "\n".join(lines + ([""] + ["Errors (first line):", ""] + errors if errors else []))
+    note = ["", "(n) after export/fuse/fuse_trt: normalization operators in the graph (LayerNormalization, "
+            "RMSNormalization, ln_deploy's LnDeploy* plugin ops)."]
+    return "\n".join(lines + note + ([""] + ["Errors (first line):", ""] + errors if errors else []))
 
 
 def summary(rows: list[tuple]) -> str:
