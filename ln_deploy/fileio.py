@@ -122,9 +122,10 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def atomic_output(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    After a failure neither a partial file nor the temporary is left; a file already at ``path``
-    is left as it was (it may be the command's own input: ``fuse m.onnx -o m.onnx``). ``export``
-    removes a stale model itself, since its output is never one of its inputs.
+    After a failure (or once SIGINT/SIGTERM was received) neither a partial file nor the temporary
+    is left, and a file already at ``path`` is left as it was: it is replaced only by a successful
+    run. The committed file gets the umask's normal mode. (The CLI refuses an output that is one of
+    the command's inputs before anything runs: ``refuse_same_files``.)
     """
     p = check_output_path(path)
     try:
