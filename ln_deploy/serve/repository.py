@@ -231,7 +231,10 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
             shutil.copyfile(model_path.with_name(model_path.name + ".json"), vdir / (DEFAULT_FILENAMES[platform] + ".json"))
             if plugin_path is not None:
                 copy_plugin(plugin_path, vdir)
-        validate_model_dir(tmp, name=name, ort_check=ort_check)
+        try:
+            validate_model_dir(tmp, name=name, ort_check=ort_check)
+        except CheckFailedError as e:  # name the folder the user asked for, not the temporary
+            raise CheckFailedError(str(e).replace(str(tmp), str(final))) from None
         from ..fileio import fix_modes
         from ..interrupts import raise_if_interrupted
 
