@@ -347,8 +347,21 @@ def check_external_data_paths(model, base_dir: str | os.PathLike) -> None:
             raise BadInputError(f"tensor {t.name!r}: external data file {loc!r} is missing or not a file")
 
 
-# ModelProto's fields (onnx.proto): number -> protobuf wire type (0 varint, 2 length-delimited).
-_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+_WIRE_TYPES = {0, 1, 2, 5}  # varint, 64-bit, length-delimited, 32-bit (3/4, groups, are not in onnx.proto)
+
+
+def _model_fields() -> dict[int, int]:
+    """ModelProto's field numbers -> wire type, from the installed onnx's descriptor."""
+    import onnx
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    fixed64 = {F.TYPE_DOUBLE, F.TYPE_FIXED64, F.TYPE_SFIXED64}
+    fixed32 = {F.TYPE_FLOAT, F.TYPE_FIXED32, F.TYPE_SFIXED32}
+    length = {F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_MESSAGE}
+    return {f.number: 2 if f.type in length else 1 if f.type in fixed64 else 5 if f.type in fixed32 else 0
+            for f in onnx.ModelProto.DESCRIPTOR.fields}
+
+
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf cannot parse a message of 2 GiB or more
 _MAX_TOP_LEVEL_FIELDS = 100_000
 
@@ -362,16 +375,23 @@ def scan_onnx_file(path: Path) -> None:
         if size >= PROTOBUF_LIMIT:
             raise BadInputError(f"{path} is {size / 2**30:.1f} GiB: an ONNX file must be under protobuf's 2 GiB "
                                 "(larger models keep their weights in external data)")
+        known = _model_fields()
         with open(path, "rb") as f:
             pos, fields, graph = 0, 0, False
             while pos < size:
                 tag, pos = _read_varint(f, pos, size, path)
                 number, wire = tag >> 3, tag & 7
-                if _MODEL_FIELDS.get(number) != wire:
+                # a field newer than the installed onnx is fine; a wrong wire type or field 0 never is
+                if number < 1 or wire not in _WIRE_TYPES or known.get(number, wire) != wire:
                     raise BadInputError(f"{path} is not a readable ONNX model (byte {pos}: protobuf field {number} wire "
                                         f"type {wire} is not one of ModelProto's)")
                 if wire == 0:
                     _, pos = _read_varint(f, pos, size, path)
+                elif wire in (1, 5):
+                    pos += 8 if wire == 1 else 4
+                    if pos > size:
+                        raise BadInputError(f"{path} is not a readable ONNX model (truncated at byte {size})")
+                    f.seek(pos)
                 else:
                     length, pos = _read_varint(f, pos, size, path)
                     if length > size - pos:
