@@ -10,4 +10,6 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# timm/torchvision for the public-architecture zoo, in an overlay only the zoo uses (docs/zoo.md)
+bash scripts/install_zoo_packages.sh "$PY"
 "$PY" -c 'import ln_deploy, torch, onnx, onnxruntime, polygraphy; print(f"ln_deploy {ln_deploy.__version__} installed (torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}, polygraphy {polygraphy.__version__})")'
