@@ -65,9 +65,12 @@ _JSON_NAMES = {str: "a string", type(None): "null", bool: "true/false", float: "
                dict: "an object", int: "an integer"}
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # one instance: json.loads(..., hook) builds one per call
+
+
 def _load_header(header) -> dict:
     try:
-        req = json.loads(header, parse_constant=_refuse_constant)
+        req = _DECODER.decode(header.decode("utf-8") if not isinstance(header, str) else header)
     except UnicodeDecodeError:
         _fail("the request header is not UTF-8 JSON (binary tensors need the "
               f"{HEADER_LENGTH} header)")
