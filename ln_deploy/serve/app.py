@@ -61,8 +61,11 @@ class _ClientGone(Exception):
 
 
 def create_app(models: list[ServedModel], *, max_queue: int = 128, max_body_bytes: int = 64 << 20,
-               instances: int = 1):
+               instances: int = 1, metadata_parameters: dict | None = None):
+    """``metadata_parameters``: model name -> the ``parameters`` object of its metadata (e.g. the
+    parity certificate, ``server.metadata_parameters``)."""
     state = AppState({m.name: m for m in models}, {}, max_body_bytes, None)
+    extra = metadata_parameters or {}
     state.metrics = ServerMetrics(state.models, state.batchers)
 
     @contextlib.asynccontextmanager
@@ -100,7 +103,7 @@ def create_app(models: list[ServedModel], *, max_queue: int = 128, max_body_byte
 
     async def metadata(request: Request):
         m = lookup(request)
-        return m if isinstance(m, Response) else JSONResponse(model_metadata(m))
+        return m if isinstance(m, Response) else JSONResponse(model_metadata(m, extra.get(m.name)))
 
     async def model_ready(request: Request):
         m = lookup(request)

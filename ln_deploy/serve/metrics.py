@@ -17,7 +17,10 @@ so an autoscaling rule written for the Triton container reads the same series he
 - Triton's (labels ``model``, ``version``): ``nv_inference_request_success``,
   ``nv_inference_request_failure``, ``nv_inference_count``, ``nv_inference_exec_count``,
   ``nv_inference_pending_request_count``, ``nv_inference_request_duration_us``,
-  ``nv_inference_queue_duration_us``, ``nv_inference_compute_infer_duration_us``.
+  ``nv_inference_queue_duration_us``, ``nv_inference_compute_infer_duration_us``. These are
+  written as Triton (prometheus-cpp) writes them, counters *without* the ``_total`` suffix that
+  ``prometheus_client`` appends to every counter, so a PromQL rule written for the Triton
+  container matches these series by name; they are formatted here, not by ``prometheus_client``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,45 @@ class ServerMetrics:
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
-        return generate_latest(registry)
+        return generate_latest(registry) + self._triton_text().encode()
+
+    def _triton_text(self) -> str:
+        """Triton's families in its own spelling. Label values need no escaping: model names are
+        plain names (``repository.check_model_name``) and versions are numbers."""
+        rows = []
+        for name, model in sorted(self.models.items()):
+            b = self.batchers.get(name)
+            if b is None:
+                continue
+            s = b.stats
+            rows.append((f'model="{name}",version="{model.version}"', {
+                "nv_inference_request_success": s.success_count, "nv_inference_request_failure": s.fail_count,
+                "nv_inference_count": s.inference_count, "nv_inference_exec_count": s.execution_count,
+                "nv_inference_pending_request_count": b.queued,
+                "nv_inference_request_duration_us": s.success_ns // 1000,
+                "nv_inference_queue_duration_us": s.queue_ns // 1000,
+                "nv_inference_compute_infer_duration_us": s.compute_ns // 1000}))
+        out = []
+        for family, kind, doc in TRITON_FAMILIES:
+            out.append(f"# HELP {family} {doc}\n# TYPE {family} {kind}\n")
+            out.extend(f"{family}{{{labels}}} {values[family]}\n" for labels, values in rows)
+        return "".join(out)
+
+
+TRITON_FAMILIES = (  # (name, type, help): Triton's names, types and meanings (newer Triton adds `reason` to failures)
+    ("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes"),
+    ("nv_inference_request_failure", "counter", "Number of failed inference requests, all batch sizes"),
+    ("nv_inference_count", "counter", "Number of inferences performed (does not include cached requests)"),
+    ("nv_inference_exec_count", "counter", "Number of model executions performed (does not include cached requests)"),
+    ("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution "
+                                                    "per-model."),
+    ("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds "
+                                                    "(includes cached requests)"),
+    ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds "
+                                                  "(includes cached requests)"),
+    ("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds "
+                                                          "(does not include cached requests)"),
+)
 
 
 def _cumulative(counts: list[int]) -> list[int]:
@@ -89,17 +130,7 @@ class _Collector:
         depth = GaugeMetricFamily("ln_deploy_queue_depth", "Requests waiting for a model instance",
                                   labels=["model"])
         batch = HistogramMetricFamily("ln_deploy_batch_size", "Rows per ONNX Runtime run", labels=["model"])
-        tri = {name: (CounterMetricFamily if kind == "c" else GaugeMetricFamily)(name, doc, labels=["model", "version"])
-               for name, kind, doc in (
-                   ("nv_inference_request_success", "c", "Successful inference requests (Triton's name)"),
-                   ("nv_inference_request_failure", "c", "Failed inference requests (Triton's name)"),
-                   ("nv_inference_count", "c", "Rows inferred (Triton's name)"),
-                   ("nv_inference_exec_count", "c", "Model executions (Triton's name)"),
-                   ("nv_inference_pending_request_count", "g", "Requests waiting (Triton's name)"),
-                   ("nv_inference_request_duration_us", "c", "Cumulative request time, queue to result, us"),
-                   ("nv_inference_queue_duration_us", "c", "Cumulative queue time, us"),
-                   ("nv_inference_compute_infer_duration_us", "c", "Cumulative compute time, us"))}
-        for name, model in sorted(m.models.items()):
+        for name in sorted(m.models):
             b = m.batchers.get(name)
             if b is None:
                 continue
@@ -112,16 +143,5 @@ class _Collector:
             cum = _cumulative(counts)
             batch.add_metric([name], [(str(b_), c) for b_, c in zip(BATCH_BUCKETS, cum)] + [("+Inf", cum[-1])],
                              sum(rows * n for rows, n in sizes.items()))
-            labels = [name, model.version]
-            for family, value in (("nv_inference_request_success", s.success_count),
-                                  ("nv_inference_request_failure", s.fail_count),
-                                  ("nv_inference_count", s.inference_count),
-                                  ("nv_inference_exec_count", s.execution_count),
-                                  ("nv_inference_pending_request_count", b.queued),
-                                  ("nv_inference_request_duration_us", s.success_ns // 1000),
-                                  ("nv_inference_queue_duration_us", s.queue_ns // 1000),
-                                  ("nv_inference_compute_infer_duration_us", s.compute_ns // 1000)):
-                tri[family].add_metric(labels, value)
         yield depth
         yield batch
-        yield from tri.values()

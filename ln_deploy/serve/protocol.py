@@ -303,9 +303,12 @@ def encode_infer_response(model: ServedModel, req: InferRequest, results: dict) 
     return body, {"content-type": "application/octet-stream", HEADER_LENGTH.lower(): str(len(header))}
 
 
-def model_metadata(model: ServedModel) -> dict:
+def model_metadata(model: ServedModel, parameters: dict | None = None) -> dict:
     def tensors(specs):
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
 
-    return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+    meta = {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
             "inputs": tensors(model.signature.inputs), "outputs": tensors(model.signature.outputs)}
+    if parameters:
+        meta["parameters"] = parameters
+    return meta

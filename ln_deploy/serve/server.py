@@ -110,6 +110,35 @@ def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
     return models
 
 
+PARITY_FILE = "parity.json"  # written by `ln-deploy deploy`/`package` beside config.pbtxt
+MAX_PARITY_BYTES = 1 << 20
+
+
+def metadata_parameters(source: str | os.PathLike, models: list) -> dict:
+    """name -> the ``parameters`` of a repository model's KServe metadata: its parity certificate
+    (``NAME/parity.json``) as ``{"ln_deploy.parity": {...}}``. The file is untrusted: read bounded;
+    a malformed one is left out with a warning, the model is still served."""
+    from ..loaders import load_json
+
+    if not Path(source).is_dir():
+        return {}
+    out = {}
+    for m in models:
+        cert = Path(m.path).parent.parent / PARITY_FILE  # REPO/NAME/VERSION/model.onnx -> REPO/NAME
+        if not cert.is_file():
+            continue
+        try:
+            obj = load_json(cert, f"{m.name}/{PARITY_FILE}", max_bytes=MAX_PARITY_BYTES)
+        except BadInputError as e:
+            log.warning("%s; left out of the model's metadata", e)
+            continue
+        if not isinstance(obj, dict):
+            log.warning("%s/%s is not a JSON object; left out of the model's metadata", m.name, PARITY_FILE)
+            continue
+        out[m.name] = {"ln_deploy.parity": obj}
+    return out
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, created with ``IPPROTO_TCP``: asyncio turns Nagle off (TCP_NODELAY) only
     on accepted sockets whose ``proto`` says TCP, and an accepted socket inherits the listener's.
@@ -140,7 +169,7 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
 
     models = load_models(source, opts)
     app = create_app(models, max_queue=opts.max_queue, max_body_bytes=opts.max_body_bytes,
-                     instances=opts.instances)
+                     instances=opts.instances, metadata_parameters=metadata_parameters(source, models))
     sock = bind_socket(opts.host, opts.port)
     host, port = sock.getsockname()[:2]
     debug = logging.getLogger().isEnabledFor(logging.DEBUG)

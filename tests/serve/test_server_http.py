@@ -51,7 +51,7 @@ def test_keep_alive_is_not_slower_than_new_connections(shared_server):
     assert ka <= 1.5 * new, f"keep-alive median {ka * 1e3:.2f} ms vs new-connection median {new * 1e3:.2f} ms"
 
 
-def _scrape(server) -> dict:
+def _scrape(server) -> tuple[dict, str]:
     from prometheus_client.parser import text_string_to_metric_families
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -66,7 +66,7 @@ def _scrape(server) -> dict:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+    return samples, text
 
 
 def test_metrics_count_good_and_bad_requests(server_factory, exported_bundled):
@@ -91,7 +91,7 @@ def test_metrics_count_good_and_bad_requests(server_factory, exported_bundled):
             assert conn.getresponse().status == expect
             conn.close()
 
-    m = _scrape(server)
+    m, text = _scrape(server)
     assert m[("ln_deploy_requests_total", (("model", "block"), ("status", "200")))] == good
     assert m[("ln_deploy_requests_total", (("model", "block"), ("status", "400")))] == 3
     assert m[("ln_deploy_requests_total", (("model", ""), ("status", "404")))] == 2
@@ -107,6 +107,13 @@ def test_metrics_count_good_and_bad_requests(server_factory, exported_bundled):
     assert m[("nv_inference_count_total", mv)] == rows
     assert m[("nv_inference_exec_count_total", mv)] == good
     assert m[("nv_inference_pending_request_count", mv)] == 0
+    # Triton's spelling, as a rule written for the Triton container reads it: no `_total` suffix
+    # (the parser above adds one to every counter, so check the text itself).
+    lines = text.splitlines()
+    assert f'nv_inference_request_success{{model="block",version="1"}} {good}' in lines
+    assert f'nv_inference_count{{model="block",version="1"}} {rows}' in lines
+    assert "# TYPE nv_inference_request_success counter" in lines
+    assert not any(line.startswith("nv_inference_request_success_total") for line in lines)
 
 
 def test_health_endpoints_as_triton(shared_server):
@@ -116,3 +123,26 @@ def test_health_endpoints_as_triton(shared_server):
         assert conn.getresponse().status == 200
         conn.close()
     assert shared_server.client().is_server_live() and shared_server.client().is_server_ready()
+
+
+def test_parity_certificate_in_model_metadata(server_factory, exported_bundled, tmp_path):
+    """A repository model's parity.json comes back in its KServe metadata; a malformed one is left out
+    (with a warning) and the model is still served."""
+    from ln_deploy.serve.repository import package_model
+
+    onnx_path = exported_bundled["pre_ln_encoder_block"][1].path
+    repo = tmp_path / "repo"
+    package_model(onnx_path, repo, "certified")
+    package_model(onnx_path, repo, "broken")
+    cert = {"verified_shapes": [{"inputs": {"x": [8, 16, 64]}, "passed": True, "max_abs": 3e-6}]}
+    (repo / "certified" / "parity.json").write_text(json.dumps(cert))
+    (repo / "broken" / "parity.json").write_text('{"verified_shapes": [')
+    server = server_factory(str(repo))
+    client = server.client()
+    assert client.get_model_metadata("certified")["parameters"] == {"ln_deploy.parity": cert}
+    assert "parameters" not in client.get_model_metadata("broken")
+    assert "broken/parity.json" in server.stderr
+    x = np.ones((1, 2, 64), np.float32)
+    i = th.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    assert client.infer("broken", [i]).as_numpy("output").shape == x.shape
