@@ -493,7 +493,7 @@ def main(argv=None) -> int:
     import onnx
     import onnxruntime as ort
 
-    from ln_deploy.serve.signature import onnx_signature
+    from ln_deploy.signature import onnx_signature
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve."))
     cache = Path(args.cache_dir) if args.cache_dir else tmp

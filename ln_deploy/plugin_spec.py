@@ -116,7 +116,7 @@ def plugin_nodes_text(model) -> str:
     written as UNSUPPORTED and fail the loader test, as TensorRT's parser would refuse them)."""
     import onnx
 
-    from .convert.graph import all_nodes
+    from .onnx_graph import all_nodes
 
     inferred = onnx.shape_inference.infer_shapes(model)
     known = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}

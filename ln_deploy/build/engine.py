@@ -124,7 +124,7 @@ def graph_precision(model) -> str:
 
 def plugin_ops(model) -> list[str]:
     """op_types of the ln_deploy plugin nodes in ``model``, subgraphs included."""
-    from ..convert.graph import all_nodes
+    from ..onnx_graph import all_nodes
     from ..plugin_spec import is_plugin_node
 
     return [n.op_type for n in all_nodes(model.graph) if is_plugin_node(n)]
@@ -163,7 +163,7 @@ def plan_build(model_path, output, *, plugins=(), shapes=None, precision: str | 
         if tc.exists() and not tc.is_file():
             raise BadInputError(f"timing cache is not a file: {tc}")
         check_output_path(tc)
-    from ..serve.signature import onnx_signature
+    from ..signature import onnx_signature
 
     sig = onnx_signature(model)
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from .. import progress
 from ..errors import BadInputError
-from ..convert.graph import all_nodes
+from ..onnx_graph import all_nodes
 from ..fileio import load_onnx
 from .inputs import (InputGenerator, cast_feed, check_report_dir, load_npz, onnx_output_names,
                      validate_model_pair)
@@ -231,7 +231,7 @@ def _expand_plugin_nodes(model):
 
     if not any(is_plugin_node(n) for n in all_nodes(model.graph)):
         return model, 0
-    from ..fuse.reference import expand_plugin_nodes
+    from ..plugin_reference import expand_plugin_nodes
 
     return expand_plugin_nodes(model)
 

@@ -19,7 +19,7 @@ def __getattr__(name):
 
         return getattr(advisor, name)
     if name == "find_normalizations":
-        from .norms import find_normalizations
+        from ..norm_sites import find_normalizations
 
         return find_normalizations
     if name == "load_calibration":

@@ -22,7 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..errors import BadInputError
-from .graph import ensure_node_names
+from ..onnx_graph import ensure_node_names
 
 FP16_MAX = 65504.0
 SQUARE_LIMIT = math.sqrt(FP16_MAX)  # 255.94
@@ -101,7 +101,7 @@ def advise(model_or_path, *, calibration=None, spec: str | None = None, precisio
     import numpy as np
 
     from .calibration import load_calibration, run_with_values
-    from .norms import find_normalizations
+    from ..norm_sites import find_normalizations
     from .precision import _load, check_precision, is_plugin
 
     check_precision(precision)

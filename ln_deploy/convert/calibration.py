@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import BadInputError
-from .graph import BFLOAT16, FLOAT, FLOAT16
+from ..onnx_graph import BFLOAT16, FLOAT, FLOAT16
 
 _NP = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
 DEFAULT_DIM = {"batch": 2}
@@ -181,7 +181,7 @@ def run_with_values(model, feeds: dict, names: list[str], types_from=None, sourc
     import numpy as np
     from onnx import helper
 
-    from .graph import infer_types
+    from ..onnx_graph import infer_types
 
     m = copy.deepcopy(model)
     types = infer_types(m)

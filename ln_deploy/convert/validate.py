@@ -26,7 +26,7 @@ import logging
 
 from ..errors import CheckFailedError
 from ..ort import first_line as _first_line
-from .graph import TYPE_NAMES, all_nodes, infer_types
+from ..onnx_graph import TYPE_NAMES, all_nodes, infer_types
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def validate_converted(model, *, source=None, ort: str = "required", what: str =
     runnable = model
     if any(plugin_spec.is_plugin_node(n) for n in all_nodes(model.graph)):
         # ORT runs plugin nodes through their reference expansion (what `ln-deploy check` does)
-        from ..fuse.reference import expand_plugin_nodes
+        from ..plugin_reference import expand_plugin_nodes
 
         try:
             runnable, _ = expand_plugin_nodes(model)

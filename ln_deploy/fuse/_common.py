@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from ..onnx_graph import replace_value  # noqa: F401  (shared with plugin_reference)
+
 INTERNAL_DOMAIN = "ln_deploy.internal"
 KIND_LN, KIND_RMS = 0, 1
 KIND_NAMES = {KIND_LN: "LayerNormalization", KIND_RMS: "RMSNormalization"}
@@ -251,13 +253,3 @@ def norm_attrs(node: ir.Node) -> dict:
 
 def is_internal(node: ir.Node | None, op_type: str = "Norm") -> bool:
     return node is not None and node.domain == INTERNAL_DOMAIN and node.op_type == op_type
-
-
-def replace_value(old: ir.Value, new: ir.Value) -> None:
-    """Point every use of ``old`` at ``new``; a graph output keeps its name (callers rely on it)."""
-    was_output = old.is_graph_output()
-    name = old.name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-    if was_output and name:
-        old.name = None
-        new.name = name

@@ -142,7 +142,7 @@ def _checkable(fused, target):
     """The model ONNX Runtime runs for the check: plugin nodes expanded for the tensorrt target."""
     if target != "tensorrt":
         return fused
-    from .reference import expand_plugin_nodes
+    from ..plugin_reference import expand_plugin_nodes
 
     return expand_plugin_nodes(fused)[0]
 
@@ -150,7 +150,7 @@ def _checkable(fused, target):
 def _restore_node_metadata(before, after) -> None:
     """The version converter drops every node's metadata_props (the module paths localisation
     reads); it keeps node names, so copy them back by name (subgraphs included)."""
-    from ..convert.graph import all_nodes
+    from ..onnx_graph import all_nodes
 
     props = {n.name: n.metadata_props for n in all_nodes(before.graph) if n.name and n.metadata_props}
     for n in all_nodes(after.graph):

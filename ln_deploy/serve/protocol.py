@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .runtime import ServedModel
-from .signature import numpy_dtype
+from ..signature import numpy_dtype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import BadInputError, CheckFailedError
 from . import model_config as mc
-from .signature import EngineInfo, Signature, TensorSpec, engine_signature, onnx_signature, triton_type
+from ..signature import EngineInfo, Signature, TensorSpec, engine_signature, onnx_signature, triton_type
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError, MissingDependencyError
-from .signature import Signature, numpy_dtype, onnx_signature
+from ..signature import Signature, numpy_dtype, onnx_signature
 
 log = logging.getLogger(__name__)
 

@@ -120,7 +120,7 @@ def test_sidecar_is_what_package_reads(exported_bundled, shared_libs, tmp_path):
     """The engine sidecar `build` writes is enough for `package` to write a Triton repository
     (TensorRT is absent, so the engine bytes are a placeholder; only the sidecar is read)."""
     from ln_deploy.serve.repository import package_model
-    from ln_deploy.serve.signature import engine_signature
+    from ln_deploy.signature import engine_signature
 
     _, exported = exported_bundled["pre_ln_encoder"]
     engine = tmp_path / "e.plan"

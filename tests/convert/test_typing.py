@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ln_deploy.convert import convert_model
 from ln_deploy.convert import precision as P
-from ln_deploy.convert.graph import infer_types
+from ln_deploy.onnx_graph import infer_types
 from ln_deploy.convert.validate import check_function_bodies, validate_converted
 from ln_deploy.errors import CheckFailedError
 
@@ -135,7 +135,7 @@ def test_emulated_plugin_skip_norm_runs_in_ort_bf16():
     """A tensorrt-fused model (LnDeploySkipNorm, two outputs) converted for ort-cpu in bf16: plugin
     nodes are emulated, so their reference expansion runs on ORT's CPU provider (no bf16 Mul there)."""
     from ln_deploy.fuse import fuse_model
-    from ln_deploy.fuse.reference import expand_plugin_nodes
+    from ln_deploy.plugin_reference import expand_plugin_nodes
 
     inits = [numpy_helper.from_array((1 + 0.1 * RNG.standard_normal(8)).astype(np.float32), "g"),
              numpy_helper.from_array(RNG.standard_normal(8).astype(np.float32), "b"),

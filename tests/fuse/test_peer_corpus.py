@@ -18,7 +18,7 @@ import onnx
 import pytest
 
 from ln_deploy.cli import main as cli_main
-from ln_deploy.fuse.reference import expand_plugin_nodes
+from ln_deploy.plugin_reference import expand_plugin_nodes
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "peer_corpus"
 pytestmark = pytest.mark.skipif(not (CORPUS / "manifest.json").is_file(),

@@ -10,7 +10,7 @@ import pytest
 from _helpers import DTYPES, OPSETS, fuse_checked, ops
 from graphs import LAYER_NORM_SPELLINGS, residual
 from ln_deploy import plugin_spec
-from ln_deploy.fuse.reference import expand_plugins, norm_reference, skip_norm_reference
+from ln_deploy.plugin_reference import expand_plugins, norm_reference, skip_norm_reference
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -212,7 +212,7 @@ def test_engine_errors(tmp_path, capsys, exported_bundled):
 
 
 def test_model_config_types_round_trip():
-    from ln_deploy.serve.signature import DATATYPES, normalize_datatype, numpy_dtype
+    from ln_deploy.signature import DATATYPES, normalize_datatype, numpy_dtype
 
     pb = model_config_pb2()
     for kserve, (triton, _, np_name) in DATATYPES.items():
