@@ -43,6 +43,9 @@ def detect_precision(model) -> str:
             for _, sub in subgraphs(node):
                 yield from initializers(sub)
 
+    declared = {p.key: p.value for p in model.metadata_props}.get("ln_deploy.precision")
+    if declared in ("fp16", "bf16"):  # what `ln-deploy convert` made it (a bf16 ort-cpu graph keeps
+        return declared               # fp32 weights where ORT's CPU provider has no bf16 kernel)
     counts = {"fp32": 0, "fp16": 0, "bf16": 0}
     for t in initializers(model.graph):
         n = 1
@@ -75,7 +78,7 @@ class _Timer:
 
 def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), precision="auto", report_dir=None,
                 inputs=None, seed=0, tolerances=None, localise=True, invariance=True, batch_size=4,
-                threads=None, plots=True, torch_device="cpu") -> CheckReport:
+                threads=None, plots=True, torch_device="cpu", max_batch=None) -> CheckReport:
     """Check an exported model against its PyTorch original.
 
     Args:
@@ -92,6 +95,8 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         localise: record every normalization's output and report the first that diverges.
         invariance: run the train/eval, batch, sequence and padding invariance checks.
         batch_size: batch used by the batch-independence check.
+        max_batch: also verify the graph's batch axis (the dynamic dims on axis 0) at this size, e.g. the
+            largest batch a deployment will serve; every shape run is in ``report.shapes``.
 
     Returns a ``CheckReport``; ``report.passed`` is the verdict (the CLI turns False into exit 1).
     Raises ``BadInputError`` for unusable input (mismatched SPEC/ONNX, unreadable files, bad options).
@@ -141,7 +146,7 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         recorded = {p.key: p.value for p in model.metadata_props}.get("ln_deploy.spec")
         if recorded and recorded.rpartition(":")[2] != loaded.spec.rpartition(":")[2]:
             report.notes.append(f"the ONNX model records that it was exported from {recorded}, not {loaded.spec}")
-        gen = InputGenerator(loaded, seed)
+        gen = InputGenerator(loaded, seed, onnx_ins)
         feeds, source = _feeds(inputs, gen, loaded, onnx_ins)
         report.inputs = {"source": source, "feeds": len(feeds), "seed": seed,
                          "shapes": {k: list(v.shape) for k, v in feeds[0].items()}}
@@ -160,12 +165,17 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
 
         ref_runner = runners[0]
         deployed = runners[1:]
+        with progress.step("running every shape the graph's dynamic axes claim"):
+            _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, timer, max_batch)
+        norm_shapes = None
         if localise:
             with progress.step("localising: comparing every normalization's output"):
-                _localise(loaded, model, ref_runner, deployed, feeds[0], profile, report, timer, threads)
+                norm_shapes = _localise(loaded, model, ref_runner, deployed, feeds[0], profile, report, timer,
+                                        threads)
         if invariance:
             with progress.step("invariance checks (train/eval, batch, sequence, padding)"):
-                _invariance(loaded, ref_runner, deployed, backends_info, gen, profile, report, timer, batch_size)
+                _invariance(loaded, ref_runner, deployed, backends_info, gen, profile, report, timer, batch_size,
+                            norm_shapes)
 
         report.failures += [f"{c['runner']}: output {o!r} differs from PyTorch fp32 beyond tolerance "
                             f"(max abs {c['outputs'][o]['stats'].get('max_abs', float('nan')):.3g})"
@@ -315,20 +325,40 @@ def _compare(results, runners, profile, out_names, report):
 def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer, threads):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    from .localise import NormRecorder, find_norm_calls, norm_modules, with_extra_outputs
+    from .localise import (NormRecorder, computes_norm, find_norm_calls, graph_norm_modules, norm_modules,
+                           with_extra_outputs)
     from .runners import make_onnxrt_session
 
-    paths = list(norm_modules(loaded.module))
+    # Normalizations by what the graph computes (module paths on fused ops and decomposed chains), plus
+    # torch's normalization classes; see localise.py.
+    graph_norms = graph_norm_modules(model, loaded.module)
+    by_type = norm_modules(loaded.module)
+    paths = list(norm_modules(loaded.module, graph_norms))
     if not paths:
-        report.notes.append("localisation: the PyTorch model has no normalization module")
-        return
+        why = ("localisation compared nothing: the graph computes no normalization that module-path metadata ties "
+               "to a module, and the PyTorch model has no normalization module")
+        report.notes.append(why)
+        for r in deployed:
+            report.localisation[r.name] = {"norms": [], "notes": [why]}
+        return {}
     with ref_runner:
-        with NormRecorder(ref_runner.module) as rec:
+        with NormRecorder(ref_runner.module, paths) as rec:
             timer.run(ref_runner.name, "localise", ref_runner.infer, feed, check_inputs=False)
     counts: dict[str, int] = {}
     for k in rec.outputs:
         counts[k.partition("#")[0]] = counts.get(k.partition("#")[0], 0) + 1
     calls, notes = find_norm_calls(model, paths, counts)
+    # A module known only from the graph is a normalization when its output is the norm's (a block calling
+    # F.layer_norm halfway through its forward() is not: its output is something else).
+    inner = sorted({c.path for c in calls if c.path not in by_type and not c.loops and c.path in graph_norms
+                    and graph_norms[c.path].outputs
+                    and not computes_norm(model.graph, c.value, graph_norms[c.path])})
+    if inner:
+        calls = [c for c in calls if c.path not in inner]
+        notes.append(f"{len(inner)} module(s) compute a normalization inside forward() but return something else "
+                     f"(not compared as normalizations): {', '.join(inner[:3])}")
+    kinds = {p: (graph_norms[p].kind if p in graph_norms else _kind_by_class(rec.classes.get(p, "")))
+             for p in paths}
     by_key = {c.key: c for c in calls}
     order = [k for k in rec.outputs if k in by_key]  # PyTorch finishing order
     unmatched = [k for k in rec.outputs if k not in by_key]
@@ -336,9 +366,11 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
         notes.append(f"{len(unmatched)} normalization call(s) not found in the ONNX graph "
                      f"(e.g. {', '.join(unmatched[:3])})")
     if not order:
+        notes.insert(0, f"localisation compared nothing: none of the {len(paths)} normalization module(s) "
+                        "could be aligned with the ONNX graph")
         for r in deployed:
             report.localisation[r.name] = {"norms": [], "notes": notes}
-        return
+        return {}
     marked, exposed = with_extra_outputs(model, [by_key[k].exposed for k in order])
     marked_bytes = marked.SerializeToString()
     for runner in deployed:
@@ -385,14 +417,95 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
                           "module_class": rec.classes.get(call.path, "?"), "onnx_value": call.value, **where,
                           "onnx_ops": call.op_types, "passed": passed, "stats": stats, "checks": checks})
         report.localisation[runner.name] = {"norms": norms, "notes": run_notes}
+        if not norms:
+            run_notes.insert(0, "localisation compared nothing on this runtime (see the notes)")
         first = next((n for n in norms if not n["passed"]), None)
         if first is not None and report.first_divergence is None:
             report.first_divergence = {"runner": runner.name, **{k: first[k] for k in (
                 "module_path", "call", "module_class", "onnx_value", "onnx_loop", "iteration", "stats", "checks")
                 if k in first}}
+    # (kind, hidden size) per compared normalization: the kernels the batch-invariance check runs
+    return {(kinds[k.partition("#")[0]], int(rec.outputs[k].shape[-1])) for k in order
+            if kinds.get(k.partition("#")[0]) and rec.outputs[k].ndim}
 
 
-def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer, batch_size):
+def _kind_by_class(cls: str) -> str | None:
+    return "rms_norm" if "RMS" in cls else "layer_norm" if "LayerNorm" in cls else None
+
+
+def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, timer, max_batch=None):
+    """Every dynamic axis of the graph at the sweep sizes (shape_sweep.plan), PyTorch against each ONNX
+    Runtime runner: a wrong output shape, a run-time failure or values beyond tolerance at any claimed
+    shape fails the check, naming the axis and the size. Every shape run is listed in the report."""
+    from ..shape_sweep import dynamic_dims, plan
+
+    example = {n: list(t.shape) for n, t in zip(loaded.input_names, loaded.example_inputs)}
+    places = dynamic_dims(model)
+    worst = [o["stats"].get("max_abs") for c in report.comparisons for o in c["outputs"].values()]
+    with ref_runner:
+        ex_out = timer.run(ref_runner.name, "shapes", ref_runner.infer, gen.example_feed(), check_inputs=False)
+    report.shapes.append({"case": "example (" + ", ".join(f"{n}{s}" for n, s in example.items()) + ")",
+                          "label": "", "size": None, "runner": "all",
+                          "passed": all(c["passed"] for c in report.comparisons) if report.comparisons else None,
+                          "max_abs": max((w for w in worst if w is not None), default=None), "problem": "",
+                          "note": "compared above (output parity)", "inputs": example,
+                          "outputs": {k: list(v.shape) for k, v in ex_out.items()}})
+    extra = {lab: [max_batch] for lab, ps in places.items() if max_batch and any(k == 0 for _, k in ps)}
+    cases = plan(model, example, extra)
+    ort_runners = [r for r in deployed if r.name.startswith("onnxrt")]
+    if not cases or not ort_runners:
+        return
+    refs = []
+    with ref_runner:
+        for case in cases:
+            feed = gen.feed(shapes=case.shapes)
+            try:
+                refs.append((feed, timer.run(ref_runner.name, "shapes", ref_runner.infer, feed, check_inputs=False)))
+            except BadInputError as e:  # the PyTorch model itself refuses the size the graph claims
+                refs.append((feed, f"PyTorch's forward() raises at this size ({str(e).split(': ', 1)[-1]})"))
+    for runner in ort_runners:
+        with runner:
+            for case, (feed, ref) in zip(cases, refs):
+                entry = {"case": case.describe(), "label": case.label, "size": case.size, "runner": runner.name,
+                         "passed": True, "max_abs": 0.0, "problem": "", "inputs": case.shapes,
+                         "outputs": {k: list(v.shape) for k, v in ref.items()} if not isinstance(ref, str) else {}}
+                report.shapes.append(entry)
+                if isinstance(ref, str):
+                    entry["problem"] = ref
+                else:
+                    try:
+                        got = timer.run(runner.name, "shapes", runner.infer, feed, check_inputs=False)
+                    except Exception as e:  # noqa: BLE001 - ORT refusing a shape its graph claims
+                        got = None
+                        entry["problem"] = f"ONNX Runtime fails: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+                    for out, r in (ref.items() if got is not None else ()):
+                        o = got.get(out)
+                        if o is None or o.shape != r.shape:
+                            entry["problem"] = (f"output {out!r} has shape {list(o.shape) if o is not None else None}, "
+                                                f"PyTorch gives {list(r.shape)}")
+                            break
+                        ok, stats, _ = evaluate(o, r, profile, out)
+                        entry["max_abs"] = max(entry["max_abs"], float(stats.get("max_abs", 0.0)))
+                        if not ok:
+                            entry["problem"] = (f"output {out!r} differs beyond tolerance (max abs "
+                                                f"{stats.get('max_abs', float('nan')):.3g})")
+                            break
+                entry["passed"] = not entry["problem"]
+                if isinstance(ref, str):  # outside the model's own domain: not the graph's fault...
+                    entry["passed"], entry["note"] = None, f"skipped: {ref}"
+                    others = [r for c, (_, r) in zip(cases, refs) if c.label == case.label and c.shapes != example]
+                    if not all(isinstance(r, str) for r in others):
+                        continue
+                    entry["passed"] = False  # ...unless the model takes no size but the example's there
+                    entry["problem"] = "the PyTorch model accepts no other size on this axis: " + ref
+                if entry["problem"]:
+                    axes = ", ".join(f"{n}[{k}]" for n, k in places.get(case.label, []))
+                    report.failures.append(f"{runner.name}: the graph claims axis {axes} ({case.label}) is dynamic, "
+                                           f"but at {case.label}={case.size} ({case.describe().split(' (', 1)[1]} "
+                                           f"{entry['problem']}")
+
+
+def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer, batch_size, norm_shapes=None):
     import numpy as np
 
     from .localise import norm_modules
@@ -407,10 +520,12 @@ def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer,
     seq_feed = gen.feed(batch=2)
     pad_feed = gen.feed(batch=batch_size, padded=True) if mask_name else None
     batch_stats = batch_statistics_modules(loaded.module)
+    batch_inputs = {n for n in loaded.input_names if (n, 0) not in gen.static} or None
 
     def run_all(backend, a, r):
         name = backend.name
-        results.extend(timer.run(name, "invariance", batch_independence, backend, batch_feed, a, r, batch_stats))
+        results.extend(timer.run(name, "invariance", batch_independence, backend, batch_feed, a, r, batch_stats,
+                                 batch_inputs))
         if seq_model and seq_inputs:
             results.append(timer.run(name, "invariance", sequence_independence, backend, seq_feed, seq_inputs, a, r))
         if mask_name:
@@ -429,7 +544,7 @@ def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer,
                           require_bitwise=info[runner.name]["require_bitwise"])
         with runner:
             run_all(backend, atol, rtol)
-    shapes = set()
+    shapes = set(norm_shapes or ())  # from localisation: the norms the graph computes, by what they compute
     for path, m in norm_modules(loaded.module).items():
         cls = type(m).__name__
         shape = getattr(m, "normalized_shape", None) or ([m.weight.shape[0]] if getattr(m, "weight", None) is not None

@@ -100,10 +100,13 @@ class InputGenerator:
     the example uses); bool inputs are random; other float inputs are standard normal.
     """
 
-    def __init__(self, loaded, seed: int = 0):
+    def __init__(self, loaded, seed: int = 0, onnx_ins=None):
         import numpy as np
 
         self.loaded = loaded
+        # Axes the ONNX graph fixes keep the example's size when a batch or sequence size is asked for
+        # (a [16] bias passed as a keyword argument has no batch axis).
+        self.static = {(i.name, a) for i in (onnx_ins or ()) for a in range(i.rank) if i.is_static(a)}
         self.rng = np.random.default_rng(seed)
         mask_name = getattr(loaded.module, "padding_mask_input", None)
         self.kinds = {}
@@ -121,17 +124,20 @@ class InputGenerator:
         return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.loaded.input_names,
                                                                           self.loaded.example_inputs))
 
-    def feed(self, batch: int | None = None, seq: int | None = None, padded: bool = False) -> OrderedDict:
+    def feed(self, batch: int | None = None, seq: int | None = None, padded: bool = False,
+             shapes: dict | None = None) -> OrderedDict:
+        """``shapes`` (input name -> shape) sets the inputs' shapes outright (the shape sweep)."""
         import numpy as np
 
         from ..loaders import check_allocation
 
         out = OrderedDict()
         for name, ex in zip(self.loaded.input_names, self.loaded.example_inputs):
-            shape = list(ex.shape)
-            if batch is not None and shape:
+            shape = list(shapes[name]) if shapes and name in shapes else list(ex.shape)
+            if not shapes and batch is not None and shape and (name, 0) not in self.static:
                 shape[0] = batch
-            if seq is not None and len(shape) > 1 and self.has_seq_axis(name):
+            if not shapes and seq is not None and len(shape) > 1 and self.has_seq_axis(name) \
+                    and (name, 1) not in self.static:
                 shape[1] = seq
             kind = self.kinds[name]
             dtype = ex.detach().cpu().numpy().dtype

@@ -140,27 +140,34 @@ def train_eval(torch_runner, feed, atol, rtol) -> InvarianceResult:
                             f"train() with dropout off equals eval() (max diff {worst['max_abs']:.2g})", worst)
 
 
-def _slice(feed, sl, axis):
+def _slice(feed, sl, axis, only=None):
+    """``feed`` with ``sl`` taken along ``axis`` of every input (of the inputs in ``only``, when given:
+    an input without a batch axis, such as a bias passed as a keyword argument, is passed whole)."""
     out = OrderedDict()
     for k, v in feed.items():
+        if only is not None and k not in only:
+            out[k] = v
+            continue
         idx = [slice(None)] * v.ndim
         idx[axis] = sl
         out[k] = v[tuple(idx)]
     return out
 
 
-def batch_independence(backend: Backend, feed, atol, rtol, batch_dependent_modules=()) -> list[InvarianceResult]:
-    """Each sample alone vs. inside ``feed``'s batch; returns the tolerance result and the bitwise one."""
+def batch_independence(backend: Backend, feed, atol, rtol, batch_dependent_modules=(),
+                       batch_inputs=None) -> list[InvarianceResult]:
+    """Each sample alone vs. inside ``feed``'s batch; returns the tolerance result and the bitwise one.
+    ``batch_inputs``: the inputs with a batch axis (default: all)."""
     if not backend.dynamic_batch:
         r = InvarianceResult("batch_independence", backend.name, SKIPPED,
                              "the model's batch axis is static in this runtime")
         return [r, InvarianceResult("batch_independence_bitwise", backend.name, SKIPPED, r.message)]
-    batch = next(iter(feed.values())).shape[0]
+    batch = next(v for k, v in feed.items() if batch_inputs is None or k in batch_inputs).shape[0]
     full = backend.infer(feed)
     worst = {"max_abs": 0.0, "violations": 0, "worst_sample": None, "worst_output": None, "batch": batch,
              "bitwise_identical_samples": 0}
     for i in range(batch):
-        alone = backend.infer(_slice(feed, slice(i, i + 1), 0))
+        alone = backend.infer(_slice(feed, slice(i, i + 1), 0, batch_inputs))
         identical = True
         for name, out in full.items():
             if out.ndim == 0 or out.shape[0] != batch:

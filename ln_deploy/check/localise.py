@@ -16,10 +16,16 @@ loop). With k calls of a module per iteration (found in the body as above), PyTo
 body's call ``i % k`` in iteration ``i // k``; the body's module paths may carry a prefix (``model.``: the
 scan export traces a wrapper holding the model as ``model``), found by ``scope_prefix``.
 
-Which modules are normalizations: instances of torch's normalization classes (LayerNorm, RMSNorm,
-GroupNorm, LocalResponseNorm, the BatchNorm and InstanceNorm families), and any module whose class name
-ends with ``Norm``, ``Norm1d/2d/3d`` or ``Normalization`` (``HandLayerNorm``, ``LlamaRMSNorm``,
-``T5LayerNorm``, ``LayerNorm2d``...).
+Which modules are normalizations is decided by what they compute, read from the graph
+(``graph_norm_modules``): a module whose output the graph computes with a normalization (a fused
+LayerNormalization/RMSNormalization/Skip* op, a plugin op, or a decomposed chain that ``fuse`` would
+fuse; ``convert.norms.find_normalizations`` finds all three), located by the module path on its nodes.
+Hand-written norms (``ManualLN``), ``F.layer_norm`` inside an arbitrary module (when it produces the
+module's output, shape-only ops such as a permute allowed after it) and Hugging Face norm classes all
+count, whatever they are called. Instances of torch's normalization classes (LayerNorm, RMSNorm,
+GroupNorm, the BatchNorm and InstanceNorm families) and classes named ``*Norm`` also count, so a graph
+without module-path metadata (the legacy exporter) still has its norms hooked and its notes say why
+nothing could be aligned. ``convert.advisor`` names normalizations by the same module paths.
 """
 
 from __future__ import annotations
@@ -43,8 +49,89 @@ def is_norm_module(module) -> bool:
     return isinstance(module, known) or bool(_NORM_NAME.search(type(module).__name__))
 
 
-def norm_modules(model) -> "OrderedDict[str, object]":
-    return OrderedDict((name, m) for name, m in model.named_modules() if name and is_norm_module(m))
+def norm_modules(model, extra=()) -> "OrderedDict[str, object]":
+    """Normalization modules by type (see is_norm_module), plus the module paths in ``extra`` (found in
+    the graph by ``graph_norm_modules``), in the model's module order."""
+    extra = set(extra)
+    return OrderedDict((name, m) for name, m in model.named_modules()
+                       if name and (is_norm_module(m) or name in extra))
+
+
+# What may stand between a norm's statistics and its module's output: the affine part, casts, and ops
+# that only move values (ConvNeXt's permute -> LN -> permute). A MatMul/Conv/Gemm after the norm means the
+# module computes more than a normalization.
+_AFFINE_OPS = ("Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand",
+               "Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "ReduceMean", "ReduceSum",
+               "Constant")
+_KINDS = {"layernorm": "layer_norm", "rmsnorm": "rms_norm"}
+
+
+@dataclass
+class GraphNorm:
+    path: str  # the PyTorch module path (the model's own, any scan prefix removed)
+    kind: str  # "layer_norm" | "rms_norm"
+    outputs: tuple  # the values the normalization produces (top-level graph; empty inside a loop body)
+    form: str  # "fused" | "plugin" | "decomposed"
+    inputs: tuple = ()  # the values it normalizes
+
+
+def graph_norm_modules(model, module) -> "OrderedDict[str, GraphNorm]":
+    """Modules of ``module`` that the ONNX graph computes a normalization for (top-level graph and
+    Scan/Loop bodies), keyed by module path, in graph order."""
+    from ..norm_sites import find_normalizations
+
+    names = {n for n, _ in module.named_modules() if n}
+    found: "OrderedDict[str, GraphNorm]" = OrderedDict()
+
+    def own_path(p):
+        if p in names:
+            return p
+        tails = [n for n in names if p.endswith("." + n)]  # a scan body's "model." prefix
+        return max(tails, key=len) if tails else None
+
+    def walk(graph, top):
+        try:
+            sites = find_normalizations(graph, model=model)
+        except Exception:  # noqa: BLE001 - an odd graph must not stop the check: class-based norms remain
+            sites = []
+        for site in sites:
+            path = own_path(site.module) if site.module else None
+            if path is None:
+                continue
+            g = found.setdefault(path, GraphNorm(path, _KINDS.get(site.kind, site.kind), (), site.form))
+            if top and site.output:
+                g.outputs = g.outputs + (site.output,)
+                g.inputs = g.inputs + tuple(site.inputs)
+        for node in graph.node:
+            for _, sub in subgraphs(node):
+                walk(sub, False)
+
+    walk(model.graph, True)
+    return found
+
+
+def computes_norm(graph, value, norm: GraphNorm) -> bool:
+    """Whether ``value`` is computed from the norm's output by affine/moving ops only (its other operands
+    constants, the norm's own input, or values computed the same way), so comparing it compares the norm."""
+    prod = {o: n for n in graph.node for o in n.output if o}
+    consts = {i.name for i in graph.initializer}
+    outs, ins = set(norm.outputs), set(norm.inputs)
+    reached, seen, stack = False, set(), [value]
+    while stack:
+        v = stack.pop()
+        if v in seen or not v:
+            continue
+        seen.add(v)
+        if v in outs:
+            reached = True
+            continue
+        if v in ins or v in consts:
+            continue
+        node = prod.get(v)
+        if node is None or node.op_type not in _AFFINE_OPS or len(seen) > 256:
+            return False
+        stack.extend(node.input)
+    return reached
 
 
 def call_key(path: str, index: int) -> str:
@@ -54,15 +141,18 @@ def call_key(path: str, index: int) -> str:
 class NormRecorder:
     """Context manager: forward hooks that record every normalization call's output (as numpy, fp32)."""
 
-    def __init__(self, model):
+    def __init__(self, model, paths=None):
         self.model = model
+        self.paths = paths  # module paths to record (default: norm_modules(model))
         self.outputs: "OrderedDict[str, object]" = OrderedDict()  # call key -> array, in finishing order
         self.classes: dict[str, str] = {}
         self._handles = []
         self._counts: dict[str, int] = {}
 
     def __enter__(self):
-        for path, m in norm_modules(self.model).items():
+        mods = dict(self.model.named_modules())
+        chosen = norm_modules(self.model) if self.paths is None else {p: mods[p] for p in self.paths if p in mods}
+        for path, m in chosen.items():
             self.classes[path] = type(m).__name__
             self._handles.append(m.register_forward_hook(self._hook(path)))
         return self

@@ -42,6 +42,7 @@ class CheckReport:
     first_divergence: dict | None = None
     localisation: dict = field(default_factory=dict)  # {runner: {"norms": [...], "notes": [...]}}
     invariance: list = field(default_factory=list)  # InvarianceResult.to_json()
+    shapes: list = field(default_factory=list)  # every shape run: {case, label, size, runner, passed, max_abs, problem}
     failures: list = field(default_factory=list)  # one line each
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # runner -> phase -> seconds
@@ -65,6 +66,11 @@ class CheckReport:
             "first_divergence": self.first_divergence,
             "localisation": self.localisation,
             "invariance": self.invariance,
+            "shapes": self.shapes,
+            # one entry per shape run and compared (deploy's certificate records them)
+            "verified_shapes": [{"inputs": r.get("inputs", {}), "outputs": r.get("outputs", {}), "passed": r["passed"],
+                                 "max_abs": r["max_abs"], "runner": r["runner"]}
+                                for r in self.shapes if r["passed"] is not None],
             "failures": self.failures,
             "notes": self.notes,
             "timings_s": self.timings,
@@ -110,14 +116,40 @@ class CheckReport:
             inv_rows.append((r["check"], r["runtime"], r["status"].upper() if r["status"] == "failed" else r["status"],
                              r["message"][:110]))
         lines += [""] + _table(inv_rows)
+        swept = [r for r in self.shapes if r.get("size") is not None]
+        if swept:
+            bad = [r for r in swept if r["passed"] is False]
+            skipped = [r for r in swept if r["passed"] is None]
+            lines += ["", f"shapes: {len(swept)} run along the dynamic axes ("
+                          + "; ".join(sorted({f"{r['label']}={r['size']}" for r in swept},
+                                             key=lambda x: (x.split('=')[0], int(x.split('=')[1]))))
+                          + ")" + (f", {len(bad)} FAILED" if bad else ", all pass")
+                          + (f", {len(skipped)} outside the PyTorch model's own domain (skipped)" if skipped else "")]
+        elif self.shapes:
+            lines += ["", "shapes: the graph has no dynamic axis; the example shape only"]
+        lines += ["", self.localisation_line()]
         if self.first_divergence:
             fd = self.first_divergence
-            lines += ["", f"first divergence ({fd['runner']}): {fd['module_path']} [{fd['module_class']}] "
-                          f"max|err| {_fmt(fd['stats'].get('max_abs'))}, p99 {_fmt(fd['stats'].get('p99_abs'))}"]
+            lines += [f"first divergence ({fd['runner']}): {fd['module_path']} [{fd['module_class']}] "
+                      f"max|err| {_fmt(fd['stats'].get('max_abs'))}, p99 {_fmt(fd['stats'].get('p99_abs'))}"]
         lines += ["", ("PASSED" if self.passed else "FAILED") + f"  ({self.total_seconds:.1f} s)"]
         for f in self.failures:
             lines.append(f"  - {f}")
         return "\n".join(lines)
+
+    def localisation_line(self) -> str:
+        """What localisation compared, plainly: never "no normalization diverges" when nothing was compared."""
+        if not self.localisation:
+            return "localisation: not run"
+        compared = {r: len(loc.get("norms", [])) for r, loc in self.localisation.items()}
+        if not any(compared.values()):
+            why = next((n for loc in self.localisation.values() for n in loc.get("notes", [])), "")
+            why = why.removeprefix("localisation compared nothing: ").removeprefix("localisation compared nothing")
+            return "localisation compared nothing" + (f": {why}" if why else "")
+        done = ", ".join(f"{n} normalization output(s) on {r}" for r, n in compared.items() if n)
+        if self.first_divergence:
+            return f"localisation: compared {done}"
+        return f"localisation: compared {done}; none diverges beyond tolerance"
 
     def to_markdown(self, plots: dict | None = None) -> str:
         md = [f"# ln-deploy check: {'PASSED' if self.passed else 'FAILED'}", "",
@@ -155,7 +187,7 @@ class CheckReport:
                       f"max abs {_fmt(fd['stats'].get('max_abs'))}, "
                       f"p99 abs {_fmt(fd['stats'].get('p99_abs'))}, max rel {_fmt(fd['stats'].get('max_rel'))}.")
         else:
-            md.append("No normalization diverges beyond tolerance.")
+            md.append(self.localisation_line()[0].upper() + self.localisation_line()[1:] + ".")
         for runner, loc in self.localisation.items():
             md += ["", f"### {runner}", "", "| # | module | class | ONNX ops | max abs | result |", "|---|---|---|---|---|---|"]
             for i, n in enumerate(loc.get("norms", [])):
@@ -163,6 +195,12 @@ class CheckReport:
                           f"{_fmt(n['stats'].get('max_abs'))} | {'pass' if n['passed'] else '**FAIL**'} |")
             for note in loc.get("notes", []):
                 md.append(f"\n- note: {note}")
+        md += ["", "## Shapes run", "", "Every dynamic axis of the graph at 1, the example's size, twice it and a "
+               "prime above it (capped at the exporter's recorded maximum), PyTorch fp32 against each runtime.", "",
+               "| shape | runtime | max abs | result |", "|---|---|---|---|"]
+        for r in self.shapes:
+            result = r.get("note") or ("pass" if r["passed"] else f"**FAIL**: {r['problem']}")
+            md.append(f"| {r['case']} | {r['runner']} | {_fmt(r.get('max_abs'))} | {result} |")
         md += ["", "## Invariance", "", "| check | runtime | result | detail |", "|---|---|---|---|"]
         for r in self.invariance:
             md.append(f"| {r['check']} | {r['runtime']} | {r['status']} | {r['message']} |")

@@ -94,8 +94,10 @@ class TorchRunner(BaseRunner):
         from ..spec import LoadedModel
 
         model = self._model() if callable(self._model) and not isinstance(self._model, torch.nn.Module) else self._model
+        self._invoke = None  # a LoadedModel rebuilds forward()'s argument tree (kwargs, nesting) itself
         if isinstance(model, LoadedModel):
             module, example, names = model.module, model.example_inputs, model.input_names
+            self._invoke = model.call  # outputs flattened as the exporter names them
         elif isinstance(model, torch.nn.Module):
             module, example, names = model, self._example_inputs, self._input_names
             if example is None:
@@ -157,7 +159,7 @@ class TorchRunner(BaseRunner):
     def _call(self, args):
         """forward(*args); the user's model raising is bad input (one line), not a traceback."""
         try:
-            return self.module(*args)
+            return self._invoke(*args) if self._invoke is not None else self.module(*args)
         except Exception as e:
             lines = str(e).strip().splitlines()
             raise BadInputError(f"the PyTorch model's forward() raised {type(e).__name__}: "

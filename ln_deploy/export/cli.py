@@ -14,9 +14,11 @@ def add_arguments(p) -> None:
                    help="recurrent models: scan = one graph for any sequence length (default), step = the cell "
                         "with explicit state inputs/outputs, unroll = the plain trace (fixed length)")
     p.add_argument("--dynamic-axes", action="append", metavar="NAME:AXIS=LABEL[,...]",
-                   help="override the dynamic axes of one input (repeatable), e.g. x:0=batch,1=seq or x:static. "
-                        "Default: axis 0 = batch for every input; axis 1 = seq for rank-2/3 inputs; "
-                        "axes 2,3 = height,width for rank-4 inputs")
+                   help="the dynamic axes of one input (repeatable), e.g. x:0=batch,1=seq or x:static; an axis "
+                        "named here that the model does not allow is an error. Default: candidates (axis 0 = "
+                        "batch of every input, axis 1 = seq of rank-2/3 inputs, axes 2,3 = height,width of rank-4 "
+                        "inputs) of which torch.export keeps those the model allows; the others are fixed, and "
+                        "the summary says why")
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
                    help="torch.onnx exporter: dynamo (default in torch), legacy TorchScript, or auto = dynamo "
                         "with a fallback to legacy (default)")
@@ -36,6 +38,12 @@ def run(args) -> int:
     print(f"wrote {r.path}: opset {r.opset} ({r.exporter} exporter), {r.node_count} nodes, "
           f"{r.norm_count} normalization ops" + (f", rnn mode {r.rnn_mode}" if r.rnn_mode else ""))
     print(f"  inputs: {', '.join(r.input_names)}; outputs: {', '.join(r.output_names)}; dynamic: {dyn or 'none'}")
+    from .axes import AxisDecision
+
+    for d in r.axes:
+        print(f"  axis {AxisDecision(**d).line()}")
     if not args.no_verify:
-        print(f"  ONNX Runtime vs PyTorch: max abs error {r.max_abs_error:.3g}")
+        shapes = "; ".join(v["case"] for v in r.verified)
+        print(f"  ONNX Runtime vs PyTorch: max abs error {r.max_abs_error:.3g} over {len(r.verified) or 1} shape(s)"
+              + (f": {shapes}" if shapes else ""))
     return 0

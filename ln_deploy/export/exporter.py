@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import interrupts, progress
 from ..errors import BadInputError, CheckFailedError
 from ..fileio import check_output_path, save_onnx_atomic
+from ..shape_sweep import RANGES_KEY
 from ..spec import LoadedModel, is_recurrent, load_spec, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,24 +40,19 @@ class ExportResult:
     rnn_mode: str | None = None
     exporter: str = "dynamo"
     state: list[dict] = field(default_factory=list)
+    axes: list[dict] = field(default_factory=list)  # AxisDecision.to_dict(): dynamic or fixed, and why
+    verified: list[dict] = field(default_factory=list)  # every shape run against PyTorch: {case, max_abs}
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def default_dynamic_axes(loaded: LoadedModel, rnn_mode: str | None) -> dict[str, dict[int, str]]:
-    """Batch is axis 0 of every input. Sequence is axis 1 of rank-2 and rank-3 inputs ([batch, seq] tokens
-    or masks, [batch, seq, features]); rank-4 inputs (NCHW) get dynamic height and width. Recurrent models
-    unrolled in Python cannot have a dynamic sequence; their ``unroll`` export keeps it fixed."""
-    axes = {}
-    for name, t in zip(loaded.input_names, loaded.example_inputs):
-        a = {0: "batch"} if t.dim() >= 1 else {}
-        if t.dim() in (2, 3) and not (rnn_mode in ("unroll", "step")):
-            a[1] = "seq"
-        elif t.dim() == 4:
-            a.update({2: "height", 3: "width"})
-        axes[name] = a
-    return axes
+    """The candidate dynamic axes (see ``axes.candidate_axes``); torch.export keeps those the model allows."""
+    from .axes import candidate_axes
+
+    return candidate_axes(loaded.input_names, loaded.example_inputs, rnn_mode)
 
 
 def parse_dynamic_axes(items: list[str] | None) -> dict[str, dict[int, str]] | None:
@@ -119,23 +115,28 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
 
     import torch
 
+    notes: list[str] = []
+    decisions: list = []
+    runs: list = []  # the shapes the sweep ran (non-recurrent models)
     with progress.step(f"exporting {loaded.spec}" + (f" (rnn mode {mode})" if mode else "")):
         if mode in ("scan", "step"):
             model, names, state_meta, used, verify_fn = _export_recurrent(loaded, mode, opset, exporter)
         else:
-            axes = dynamic_axes if dynamic_axes is not None else default_dynamic_axes(loaded, mode)
-            _check_axes(loaded, axes)
+            if dynamic_axes is not None:
+                _check_axes(loaded, dynamic_axes)
             out_names = _output_names(loaded)
-            model, used = _export_module(loaded.module, loaded.example_inputs, loaded.input_names, out_names,
-                                         axes, opset, exporter)
+            model, used, decisions, runs = _export_module(loaded, out_names, dynamic_axes or {}, opset, exporter,
+                                                          mode, notes, atol)
             names, state_meta = (loaded.input_names, out_names), []
             verify_fn = None
     input_names, output_names = names
-    err = 0.0
+    err, verified = 0.0, []
     if verify:
-        with progress.step("verifying the ONNX model in ONNX Runtime against PyTorch"):
-            err = verify_fn(model) if verify_fn else _verify(model, loaded.module, loaded.example_inputs,
-                                                            input_names, atol)
+        with progress.step("verifying the ONNX model in ONNX Runtime against PyTorch at every claimed shape"):
+            if verify_fn:
+                err = verify_fn(model)
+            else:
+                err, verified = _verify_claimed_shapes(model, loaded, input_names, output_names, decisions, runs)
             if err > atol:
                 raise CheckFailedError(f"exported model disagrees with PyTorch: max abs error {err:.3g} > {atol:g}; "
                                        "nothing written")
@@ -151,6 +152,11 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
         "ln_deploy.norm_count": str(n_norm),
         "ln_deploy.exporter": used,
     }
+    if decisions:
+        meta["ln_deploy.axes"] = json.dumps([d.to_dict() for d in decisions])
+        meta[RANGES_KEY] = json.dumps(_ranges(model, decisions))
+    if verified:
+        meta["ln_deploy.verified_shapes"] = json.dumps([v["case"] for v in verified])
     if mode:
         meta["ln_deploy.rnn_mode"] = mode
     if state_meta:
@@ -167,7 +173,19 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
     return ExportResult(path=str(out), input_names=list(input_names), output_names=list(output_names),
                         dynamic_axes=dyn, opset=opset_used, node_count=n_nodes, norm_count=n_norm,
                         max_abs_error=err, rnn_mode=mode, exporter=used, state=[
-                            {k: v for k, v in s.items() if k != "onnx_dtype"} for s in state_meta])
+                            {k: v for k, v in s.items() if k != "onnx_dtype"} for s in state_meta],
+                        axes=[d.to_dict() for d in decisions], verified=verified, notes=notes)
+
+
+def _ranges(model, decisions) -> dict:
+    """dim_param -> [min, max] (max None: unbounded) from torch.export's range constraints."""
+    out = {}
+    for vi in model.graph.input:
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            dec = next((x for x in decisions if x.input == vi.name and x.axis == k and x.dynamic), None)
+            if d.dim_param and dec is not None and d.dim_param not in out:
+                out[d.dim_param] = [dec.min or 1, dec.max]
+    return out
 
 
 def _max_opset() -> int:
@@ -179,19 +197,21 @@ def _max_opset() -> int:
 def _output_names(loaded: LoadedModel) -> list[str]:
     import torch
 
+    from ..spec import flatten_output, output_names_of
+
     try:
         with torch.no_grad():
-            y = loaded.module(*loaded.example_inputs)
+            args, kwargs = loaded.arguments(loaded.example_inputs)
+            y = loaded.module(*args, **kwargs)
     except Exception as e:  # the user's forward(): one line, not a traceback
         raise BadInputError(f"{loaded.spec}: forward() on the example inputs raised {type(e).__name__}: "
                             f"{_first_line(e)}") from None
-    outs = y if isinstance(y, (tuple, list)) else (y,)
-    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+    if not flatten_output(y):
         got = type(y).__name__ if not isinstance(y, (tuple, list)) else \
-            f"{type(y).__name__} of {', '.join(type(o).__name__ for o in outs) or 'nothing'}"
-        raise BadInputError(f"{loaded.spec}: forward() returned {got}; export needs a tensor or a tuple of tensors")
-    n = len(outs)
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+            f"{type(y).__name__} of {', '.join(type(o).__name__ for o in y) or 'nothing'}"
+        raise BadInputError(f"{loaded.spec}: forward() returned {got}, which holds no tensor; export needs a tensor, "
+                            "a tuple/list/dict of tensors or a ModelOutput/dataclass with tensor fields")
+    return output_names_of(y)
 
 
 def _check_axes(loaded: LoadedModel, axes: dict) -> None:
@@ -259,46 +279,265 @@ class _Sink:
         pass
 
 
-def _export_module(module, args, input_names, output_names, axes, opset, exporter):
-    """Export with dynamo (Dim.DYNAMIC per dynamic axis, then symbols renamed to the axis labels)."""
+LEGACY_LOSES = ("the legacy graph carries no module-path metadata, so `check` cannot localise normalizations and "
+                "`advise` cannot name modules")
+
+
+def _export_module(loaded, out_names, requested, opset, exporter, mode, notes, atol):
+    """Export a (non-recurrent) LoadedModel of any forward() signature.
+
+    Then every claimed dynamic axis is run at the sweep sizes (``_sweep``): an axis torch.export kept
+    symbolic but the graph does not honour (a ViT whose position table ties H*W to 16 passes torch.export
+    as a runtime assert) or one the legacy exporter claimed blindly is fixed, with the failing size as
+    the reason, and the model exported again without it; an axis the user asked for is an error naming
+    the axis and the size. Returns (model, exporter used, decisions, shapes run)."""
+    from .axes import candidate_axes
+    from .signature import flat_module, parameter_names
+
+    params = parameter_names(loaded.input_names)
+    flat = flat_module(loaded, params)
+    cands = candidate_axes(loaded.input_names, loaded.example_inputs, mode)
+    probed: dict = {}  # (input, axis) -> decision fixed by the sweep
+    while True:
+        model, used, decisions = _export_flat(flat, loaded.example_inputs, params, loaded.input_names, out_names,
+                                              cands, requested, opset, exporter, notes if not probed else [])
+        exporter = used  # a second round never retries an exporter that failed
+        decisions = [probed.get((d.input, d.axis), d) for d in decisions]
+        decisions += [d for k, d in probed.items() if all((x.input, x.axis) != k for x in decisions)]
+        set_metadata(model, {RANGES_KEY: json.dumps(_ranges(model, decisions))})  # the sweep stays in range
+        runs = _sweep(model, loaded, loaded.input_names, out_names, atol=atol)
+        at_example = next((r for r in runs if r["problem"] and r["example"]), None)
+        if at_example is not None:  # not a shape question: the graph is wrong at the example itself
+            raise CheckFailedError(f"exported model disagrees with PyTorch at the example shape: {at_example['problem']}; "
+                                   "nothing written")
+        bad = _graph_failures(runs)
+        if not bad:
+            _narrow_to_model_domain(model, decisions, runs)
+            return model, used, decisions, [r for r in runs if not r["problem"]]
+        for label, r in bad.items():
+            hit = [d for d in decisions if d.dynamic and _label_of(model, d) == label]
+            if not hit:
+                raise CheckFailedError(f"the exported graph fails at {r['case']}: {r['problem']}; nothing written")
+            for d in hit:
+                if d.requested:
+                    raise CheckFailedError(
+                        f"--dynamic-axes {d.input}:{d.axis}={d.label}: the exported graph ({used} exporter) does not "
+                        f"honour it: at {r['case']} {r['problem']}; nothing written. Fix: drop that axis (e.g. "
+                        f"{d.input}:static)" + (", or a model dynamo can export (--exporter dynamo shows why it "
+                                                "cannot)" if used == "legacy" else ""))
+                d.dynamic = False
+                d.why = f"the {used} graph does not honour it: at {r['case']} {r['problem']}"
+                probed[(d.input, d.axis)] = d
+                cands.get(d.input, {}).pop(d.axis, None)
+
+
+def _export_flat(module, args, params, input_names, output_names, candidates, requested, opset, exporter, notes):
+    """torch.export (Dim.AUTO candidates, Dim.DYNAMIC requested axes) then torch.onnx; the legacy
+    TorchScript exporter only when dynamo cannot export the model at all (``exporter="auto"``)."""
     import onnx
     import torch
-    from torch.export import Dim
 
-    errors = []
+    from .axes import AxisContradiction, AxisDecision, export_program
+
+    decisions = None
+    dynamo_error = None
     if exporter in ("auto", "dynamo"):
-        dyn = tuple({k % args[i].dim(): Dim.DYNAMIC for k in axes.get(name, {})} or None
-                    for i, name in enumerate(input_names))
         try:
-            with _quiet_exporter(), tempfile.TemporaryDirectory() as td:
-                path = Path(td) / "model.onnx"
-                torch.onnx.export(module, tuple(args), str(path), dynamo=True, opset_version=opset,
-                                  input_names=list(input_names), output_names=list(output_names),
-                                  dynamic_shapes=dyn, external_data=False)
-                model = onnx.load_model(str(path))
-            _rename_symbols(model, input_names, axes)
-            return model, "dynamo"
-        except Exception as e:  # the dynamo exporter's failures are many and varied
+            with _quiet_exporter():
+                ep, decisions = export_program(module, args, params, input_names, candidates, requested)
+                with tempfile.TemporaryDirectory() as td:
+                    path = Path(td) / "model.onnx"
+                    torch.onnx.export(ep, tuple(args), str(path), dynamo=True, opset_version=opset,
+                                      input_names=list(input_names), output_names=list(output_names),
+                                      external_data=False)
+                    model = onnx.load_model(str(path))
+            _pin_static_dims(model, input_names, args, _labels(decisions))
+            _rename_symbols(model, input_names, _labels(decisions))
+            return model, "dynamo", decisions
+        except AxisContradiction as e:
+            log.debug("dynamo refused a requested dynamic axis: %s", e)
+            raise BadInputError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the dynamo exporter's failures are many and varied
             interrupts.raise_if_interrupted(e)  # Ctrl-C caught as an error: no fallback to legacy
-            errors.append(f"dynamo: {type(e).__name__}: {_first_line(e)}")
+            dynamo_error = e
+            log.debug("dynamo could not export the model; its full error:\n%s", _full_text(e))
             if exporter == "dynamo":
-                raise BadInputError(f"torch.onnx (dynamo) could not export the model: {errors[-1]}") from None
-            log.debug("dynamo export failed (%s); trying the legacy TorchScript exporter", errors[-1])
+                raise BadInputError(f"torch.onnx (dynamo) could not export the model: {type(e).__name__}: "
+                                    f"{_first_line(e)}; fix: --exporter auto (falls back to the legacy exporter), or "
+                                    "a wrapper module whose forward() dynamo can trace (--debug shows dynamo's full "
+                                    "error)") from None
+    # Legacy: claim the axes torch.export allowed when it got that far, else the candidates and requested
+    # ones; _export_module then runs every claimed axis at the sweep sizes before anything is kept.
+    if decisions is not None:
+        axes = {n: {} for n in input_names}
+        for d in decisions:
+            if d.dynamic:
+                axes[d.input][d.axis] = d.label
+        decisions = [d for d in decisions]
+    else:
+        axes = {n: ({k % args[i].dim(): v for k, v in requested[n].items()} if n in requested
+                    else dict(candidates.get(n, {}))) for i, n in enumerate(input_names)}
+        decisions = [AxisDecision(n, k, lab, True, "claimed by the legacy exporter; verified across sizes",
+                                  n in requested) for n, a in axes.items() for k, lab in a.items()]
     try:
-        with _quiet_exporter(), tempfile.TemporaryDirectory() as td:
-            path = Path(td) / "model.onnx"
-            torch.onnx.export(module, tuple(args), str(path), dynamo=False, opset_version=opset or 18,
-                              input_names=list(input_names), output_names=list(output_names),
-                              dynamic_axes={n: {k % args[i].dim(): v for k, v in axes.get(n, {}).items()}
-                                            for i, n in enumerate(input_names)})
-            model = onnx.load_model(str(path))
-        if errors:  # only now: when legacy fails too, the error below names both and is the one line
-            log.warning("dynamo export failed (%s); exported with the legacy TorchScript exporter", errors[-1])
-        return model, "legacy"
-    except Exception as e:
+        model = _legacy_export(module, args, input_names, output_names, axes, opset)
+    except Exception as e:  # noqa: BLE001
         interrupts.raise_if_interrupted(e)
-        errors.append(f"legacy: {type(e).__name__}: {_first_line(e)}")
-        raise BadInputError("torch.onnx could not export the model (" + "; ".join(errors) + ")") from None
+        why = [f"legacy: {type(e).__name__}: {_first_line(e)}"]
+        if dynamo_error is not None:
+            why.insert(0, f"dynamo: {type(dynamo_error).__name__}: {_first_line(dynamo_error)}")
+        raise BadInputError("torch.onnx could not export the model (" + "; ".join(why) + "); fix: a wrapper "
+                            "module whose forward() takes and returns tensors (--debug shows dynamo's full "
+                            "error)") from None
+    if dynamo_error is not None:  # only now: when legacy fails too, the error above names both and is the one line
+        msg = (f"dynamo could not export the model, so the legacy TorchScript exporter was used; {LEGACY_LOSES}. "
+               f"dynamo's error, in full: {type(dynamo_error).__name__}: {_full_reason(dynamo_error)}")
+        log.warning("%s", msg)
+        notes.append(msg)
+    return model, "legacy", decisions
+
+
+def _pin_static_dims(model, input_names, args, dynamic) -> None:
+    """Input dims torch.export fixed are written as their size: torch.onnx can leave a symbol on a dim
+    the program specialised, and the graph would then claim an axis it does not honour."""
+    for vi in model.graph.input:
+        if vi.name not in input_names:
+            continue
+        t = args[input_names.index(vi.name)]
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if k not in dynamic.get(vi.name, {}) and k < t.dim():
+                d.Clear()
+                d.dim_value = int(t.shape[k])
+
+
+def _labels(decisions) -> dict[str, dict[int, str]]:
+    out: dict = {}
+    for d in decisions:
+        if d.dynamic:
+            out.setdefault(d.input, {})[d.axis] = d.label
+    return out
+
+
+def _legacy_export(module, args, input_names, output_names, axes, opset):
+    import onnx
+    import torch
+
+    with _quiet_exporter(), tempfile.TemporaryDirectory() as td:
+        path = Path(td) / "model.onnx"
+        torch.onnx.export(module, tuple(args), str(path), dynamo=False, opset_version=opset or 18,
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes={n: {k % args[i].dim(): v for k, v in axes.get(n, {}).items()}
+                                        for i, n in enumerate(input_names)})
+        return onnx.load_model(str(path))
+
+
+def _graph_failures(runs) -> dict:
+    """label -> the first run where the graph is wrong. PyTorch itself refusing a size (a conv stem at
+    height 1) says nothing about the graph, unless the model refuses every size but the example's: then
+    the axis is not dynamic at all (a ViT whose position table fixes H and W)."""
+    bad: dict = {}
+    by_label: dict = {}
+    for r in runs:
+        by_label.setdefault(r["label"], []).append(r)
+    for label, rs in by_label.items():
+        graph = next((r for r in rs if r["problem"] and not r["model_refused"]), None)
+        others = [r for r in rs if not r["example"]]
+        if graph is None and others and all(r["model_refused"] for r in others):
+            graph = others[0]
+        if graph is not None:
+            bad[label] = graph
+    return bad
+
+
+def _narrow_to_model_domain(model, decisions, runs) -> None:
+    """Sizes PyTorch itself refuses (below the ones it accepts) are outside the model's domain: the
+    axis's recorded minimum moves above them (check starts its sweep there) and the reason says so."""
+    for d in decisions:
+        label = _label_of(model, d) if d.dynamic else None
+        refused = [r for r in runs if label and r["label"] == label and r["model_refused"]]
+        if refused:
+            d.min = max(d.min or 1, max(r["size"] for r in refused) + 1)
+            d.why = (f"torch.export keeps it symbolic; from {d.min} on: the PyTorch model itself refuses "
+                     f"{refused[0]['case']} ({refused[0]['problem']})")
+
+
+def _label_of(model, decision) -> str | None:
+    for vi in model.graph.input:
+        if vi.name == decision.input:
+            dims = vi.type.tensor_type.shape.dim
+            if decision.axis < len(dims) and dims[decision.axis].dim_param:
+                return dims[decision.axis].dim_param
+    return None
+
+
+def _sweep(model, loaded, input_names, output_names, call=None, atol=None) -> list[dict]:
+    """Run the graph and PyTorch at every shape its dynamic axes claim (``shape_sweep.plan``): one
+    entry per shape with the worst |ONNX Runtime - PyTorch| and the problem (a wrong output shape,
+    a run-time failure, values beyond ``atol``), if any."""
+    import numpy as np
+    import torch
+
+    from ..shape_sweep import plan, random_feed
+
+    examples = {n: t.detach().cpu().numpy() for n, t in zip(input_names, loaded.example_inputs)}
+    cases = plan(model, {n: list(a.shape) for n, a in examples.items()})
+    if not cases:
+        return []
+    sess = _session(model)
+    call = call or loaded.call
+    rng = np.random.default_rng(0)
+    runs = []
+    for case in cases:
+        feed = random_feed(examples, case.shapes, rng)
+        entry = {"case": case.describe(), "label": case.label, "size": case.size, "max_abs": 0.0, "problem": "",
+                 "example": all(list(a.shape) == case.shapes[n] for n, a in examples.items()),
+                 "model_refused": False}
+        runs.append(entry)
+        try:
+            with torch.no_grad():
+                refs = call(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names))
+        except Exception as e:  # noqa: BLE001 - the model itself refuses this size
+            entry["problem"] = f"PyTorch's forward() raises {type(e).__name__}: {_first_line(e)[:200]}"
+            entry["model_refused"] = True
+            continue
+        try:
+            outs = sess.run(None, feed)
+        except Exception as e:  # noqa: BLE001 - ORT refusing a shape the graph claims
+            entry["problem"] = f"ONNX Runtime fails: {_first_line(e)[:200]}"
+            continue
+        for name, o, r in zip(output_names, outs, refs):
+            r = r.float().numpy() if r.dtype in (torch.float16, torch.bfloat16) else r.numpy()
+            if o.shape != r.shape:
+                entry["problem"] = f"output {name!r} has shape {list(o.shape)}, PyTorch gives {list(r.shape)}"
+                break
+            err = _max_abs(o, r)
+            entry["max_abs"] = max(entry["max_abs"], err)
+        if not entry["problem"] and atol is not None and entry["max_abs"] > atol:
+            entry["problem"] = f"max abs error {entry['max_abs']:.3g} > {atol:g}"
+    return runs
+
+
+def _max_abs(o, r) -> float:
+    import numpy as np
+
+    if not o.size:
+        return 0.0
+    o64, r64 = o.astype(np.float64), np.asarray(r, dtype=np.float64)
+    if (np.isnan(o64) != np.isnan(r64)).any():
+        return float("inf")  # NaN on one side only is a disagreement (nanmax used to skip it)
+    d = np.abs(o64 - r64)
+    return float(d[~np.isnan(d)].max(initial=0.0))  # NaN here: both NaN, or equal infs
+
+
+def _verify_claimed_shapes(model, loaded, input_names, output_names, decisions, runs):
+    """ORT against PyTorch at the example shape and along every dynamic axis (the sweep ``_export_module``
+    already ran and passed); (worst error, shapes run)."""
+    err = _verify(model, loaded, input_names)
+    if not runs:  # no dynamic axis: the example shape alone
+        return err, [{"case": "example (" + ", ".join(f"{n}{list(t.shape)}" for n, t in
+                                                     zip(input_names, loaded.example_inputs)) + ")",
+                      "label": "", "size": 0, "max_abs": err, "problem": ""}]
+    return max([err] + [r["max_abs"] for r in runs]), runs
 
 
 def _rename_symbols(model, input_names, axes) -> None:
@@ -309,6 +548,9 @@ def _rename_symbols(model, input_names, axes) -> None:
             continue
         for k, d in enumerate(vi.type.tensor_type.shape.dim):
             label = axes.get(vi.name, {}).get(k) or axes.get(vi.name, {}).get(k - len(vi.type.tensor_type.shape.dim))
+            # One label, one name, even where torch.export kept two symbols (the batch of input_ids and of
+            # attention_mask): they are meant to be equal, and the shape sweep moves them together.
+            # Independent axes need their own labels (--dynamic-axes src:1=src_seq tgt:1=tgt_seq).
             if d.dim_param and label and d.dim_param not in mapping:
                 mapping[d.dim_param] = label
     if not mapping:
@@ -345,8 +587,9 @@ def _export_recurrent(loaded: LoadedModel, mode: str, opset, exporter):
     state_meta = [{"name": s_in[i], "output": s_out[i], "shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", ""),
                    "onnx_dtype": _onnx_dtype(t)} for i, t in enumerate(step_args[1:])]
     axes = {n: {0: "batch"} for n in [rnn.STEP_INPUT, *s_in]}
-    step_model, used = _export_module(rnn.StepModule(model, n_state), step_args, [rnn.STEP_INPUT, *s_in],
-                                      [rnn.STEP_OUTPUT, *s_out], axes, opset, exporter)
+    step_names = [rnn.STEP_INPUT, *s_in]
+    step_model, used, _ = _export_flat(rnn.StepModule(model, n_state), step_args, step_names, step_names,
+                                       [rnn.STEP_OUTPUT, *s_out], axes, {}, opset, exporter, [])
     if mode == "step":
         def verify_step(m):  # drive the graph step by step and compare every step with PyTorch
             sess = _session(m)
@@ -366,8 +609,12 @@ def _export_recurrent(loaded: LoadedModel, mode: str, opset, exporter):
     scan = rnn.build_scan_model(step_model, in_name, "output", state_meta)
     onnx.checker.check_model(scan)
 
-    def verify_scan(m):
-        return _verify(m, model, loaded.example_inputs, [in_name], 1e-4)
+    def verify_scan(m):  # every batch and sequence length the Scan graph claims, as for any export
+        runs = _sweep(m, loaded, [in_name], ["output"])
+        bad = next(iter(_graph_failures(runs).values()), None)
+        if bad is not None:
+            raise CheckFailedError(f"the scan graph fails at {bad['case']}: {bad['problem']}; nothing written")
+        return max([r["max_abs"] for r in runs] + [_verify(m, loaded, [in_name])])
 
     return scan, ([in_name], ["output"]), state_meta, used, verify_scan
 
@@ -386,26 +633,20 @@ def _session(model):
     return open_session(model)  # ORT_ENABLE_ALL, as deployed; fp16/bf16 graphs probed in a child first
 
 
-def _verify(model, module, args, input_names, atol) -> float:
-    import numpy as np
+def _verify(model, loaded, input_names) -> float:
+    """Worst |ONNX Runtime - PyTorch| at the example inputs (a wrong output shape is a CheckFailedError)."""
     import torch
 
     sess = _session(model)
     with torch.no_grad():
-        ref = module(*args)
-    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
-    outs = sess.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
+        refs = loaded.call(*loaded.example_inputs)
+    outs = sess.run(None, {n: a.numpy() for n, a in zip(input_names, loaded.example_inputs)})
     worst = 0.0
     for o, r in zip(outs, refs):
         r = r.float().numpy() if r.dtype in (torch.float16, torch.bfloat16) else r.numpy()
         if o.shape != r.shape:
             raise CheckFailedError(f"exported output has shape {o.shape}, PyTorch gives {r.shape}")
-        if o.size:
-            o64, r64 = o.astype(np.float64), np.asarray(r, dtype=np.float64)
-            if (np.isnan(o64) != np.isnan(r64)).any():
-                return float("inf")  # NaN on one side only is a disagreement (nanmax used to skip it)
-            d = np.abs(o64 - r64)
-            worst = max(worst, float(d[~np.isnan(d)].max(initial=0.0)))  # NaN here: both NaN, or equal infs
+        worst = max(worst, _max_abs(o, r))
     return worst
 
 
@@ -464,3 +705,20 @@ def _first_line(e: BaseException) -> str:
         if rest:
             return re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>", r"\1", rest[0])[:300]
     return lines[0][:300] if lines else type(e).__name__
+
+
+_ADVICE = ("The error above occurred when calling", "For more information", "(Refer to the full stack trace",
+           "If you would like to view some more information", "Set TORCHDYNAMO", "You can suppress this")
+
+
+def _full_text(e: BaseException) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip() or type(e).__name__
+
+
+def _full_reason(e: BaseException) -> str:
+    """The whole of dynamo's failure (no truncation), without its generic advice, as one line."""
+    lines = [ln.strip() for ln in _full_text(e).splitlines() if ln.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    lines = [ln for ln in lines if not ln.startswith(_ADVICE)]
+    return " / ".join(lines) or type(e).__name__

@@ -114,7 +114,8 @@ def test_dynamic_axes_override_makes_an_axis_static(tmp_path, exported_bundled):
     assert dims[0].dim_param == "batch" and dims[1].dim_value == 8
 
 
-def test_failed_verification_writes_nothing_and_removes_a_stale_file(tmp_path, exported_bundled):
+def test_failed_verification_writes_nothing_and_leaves_an_existing_file_as_it_was(tmp_path, exported_bundled):
+    """Issue 16: a failed export writes nothing and removes nothing (the file at -o may not be ours)."""
     from ln_deploy.errors import CheckFailedError
 
     loaded, _ = exported_bundled["pre_ln_encoder_block"]
@@ -122,5 +123,5 @@ def test_failed_verification_writes_nothing_and_removes_a_stale_file(tmp_path, e
     out.write_bytes(b"stale output of an earlier run")
     with pytest.raises(CheckFailedError):
         export_model(loaded, out, atol=0.0)  # no export is bit-exact, so this must fail
-    assert not out.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert out.read_bytes() == b"stale output of an earlier run"
+    assert list(tmp_path.iterdir()) == [out]
