@@ -434,16 +434,17 @@ def _legacy_export(module, args, input_names, output_names, axes, opset):
 def _graph_failures(runs) -> dict:
     """label -> the first run where the graph is wrong. PyTorch itself refusing a size (a conv stem at
     height 1) says nothing about the graph, unless the model refuses every size but the example's: then
-    the axis is not dynamic at all (a ViT whose position table fixes H and W)."""
+    the axis does not scale and is not dynamic at all (a ViT whose position table fixes H and W refuses
+    twice the example's size)."""
     bad: dict = {}
     by_label: dict = {}
     for r in runs:
         by_label.setdefault(r["label"], []).append(r)
     for label, rs in by_label.items():
         graph = next((r for r in rs if r["problem"] and not r["model_refused"]), None)
-        others = [r for r in rs if not r["example"]]
-        if graph is None and others and all(r["model_refused"] for r in others):
-            graph = others[0]
+        ex = next((r["size"] for r in rs if r["example"]), None)
+        if graph is None and ex is not None:  # the model refusing twice the example: not a dynamic axis
+            graph = next((r for r in rs if r["model_refused"] and r["size"] >= 2 * ex), None)
         if graph is not None:
             bad[label] = graph
     return bad
@@ -454,7 +455,9 @@ def _narrow_to_model_domain(model, decisions, runs) -> None:
     axis's recorded minimum moves above them (check starts its sweep there) and the reason says so."""
     for d in decisions:
         label = _label_of(model, d) if d.dynamic else None
-        refused = [r for r in runs if label and r["label"] == label and r["model_refused"]]
+        ex = next((r["size"] for r in runs if label and r["label"] == label and r["example"]), None)
+        refused = [r for r in runs if label and r["label"] == label and r["model_refused"]
+                   and ex is not None and r["size"] < ex]
         if refused:
             d.min = max(d.min or 1, max(r["size"] for r in refused) + 1)
             d.why = (f"torch.export keeps it symbolic; from {d.min} on: the PyTorch model itself refuses "
