@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these zoo models only")
     ap.add_argument("--source", help="models of this source only (torch.nn, transformers, timm, torchvision)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per model (default 900)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per model (default 600)")
     ap.add_argument("--jobs", type=int, default=1, help="models run at once (default 1)")
     ap.add_argument("--out", help="write the table to this Markdown file (between the zoo-table markers)")
     ap.add_argument("--workdir", help="keep the models' files here (default: a temporary folder)")
