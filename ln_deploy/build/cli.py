@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .engine import build_engine, plan_build
+    from ..pipeline_steps import build_engine
+    from .engine import plan_build
 
     if args.dry_run:
         plan = plan_build(args.model, args.output, plugins=args.plugin, shapes=args.shapes,

@@ -6,7 +6,8 @@ on any machine; only then does a missing TensorRT or GPU end the command (exit 2
 
 Precision: TensorRT 11 networks are always strongly typed, so the precision must already be in
 the graph. A request for fp16/bf16 on an fp32 graph therefore converts it first with
-``ln_deploy.convert.convert_model(target="tensorrt")`` (fp32 normalization statistics) and builds
+``ln_deploy.convert.convert_model(target="tensorrt")`` (fp32 normalization statistics; passed in as
+``converter`` by ``ln_deploy.pipeline_steps``, since the build stage imports no other stage) and builds
 the converted graph strongly typed, on TensorRT 10 as on 11. ``typing="weak"`` keeps TensorRT 10's
 old way (fp32 graph, fp16/bf16 builder flags) and is refused on TensorRT 11.
 """
@@ -206,8 +207,12 @@ def _tensorrt():
 
 
 def build_engine(model_path, output, *, plugins=(), shapes=None, precision: str | None = None,
-                 timing_cache=None, typing: str = "strong") -> dict:
-    """Build ``output`` (a serialized engine) and ``output + '.json'`` (its sidecar). Returns the sidecar."""
+                 timing_cache=None, typing: str = "strong", converter=None) -> dict:
+    """Build ``output`` (a serialized engine) and ``output + '.json'`` (its sidecar). Returns the sidecar.
+
+    ``converter``: how an fp32 graph is converted when ``precision`` asks for fp16/bf16, called as
+    ``converter(path, precision, target="tensorrt") -> (model, report)``; the build stage does not
+    import the convert stage, so callers pass it (``ln_deploy.pipeline_steps.build_engine`` does)."""
     plan = plan_build(model_path, output, plugins=plugins, shapes=shapes, precision=precision,
                       timing_cache=timing_cache, typing=typing)
     trt = _tensorrt()
@@ -223,11 +228,14 @@ def build_engine(model_path, output, *, plugins=(), shapes=None, precision: str 
     with tempfile.TemporaryDirectory(prefix="ln_deploy_build_") as tmp:
         src = plan.model_path
         if plan.convert_first:
-            from ..convert.precision import convert_model
             from ..fileio import save_onnx_atomic
 
+            if converter is None:
+                raise BadInputError(f"{model_path} must be converted to {plan.precision} before a strongly typed "
+                                    "build: pass converter= (ln_deploy.pipeline_steps.build_engine does)")
+
             with progress.step(f"converting to {plan.precision} for a strongly typed build"):
-                converted, _ = convert_model(src, plan.precision, target="tensorrt")
+                converted, _ = converter(src, plan.precision, target="tensorrt")
             src = str(Path(tmp) / "converted.onnx")
             save_onnx_atomic(converted, src)
         strongly = typing == "strong"

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .. import progress
     from ..fileio import check_output_path, save_onnx_atomic, write_text_atomic
-    from .precision import DEFAULT_FP32_OPS, check_precision, convert_model
+    from ..pipeline_steps import convert_model  # fuses decomposed norms first (unless --no-fuse)
+    from .precision import DEFAULT_FP32_OPS, check_precision
 
     check_precision(args.precision)
     check_output_path(args.output)

@@ -666,7 +666,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
                   fp32_ops=DEFAULT_FP32_OPS, fp32_nodes=(), calibration=None, spec: str | None = None,
                   force_norm_fp16: bool = False, target: str = "ort-cpu", measure: bool = True,
                   data_max: float = FP16_MAX / 4, tolerance: float | None = None, max_rounds: int = 4,
-                  fuse: bool = True):
+                  fuse: bool = True, fuser=None):
     """Convert an fp32 ONNX model to fp16/bf16 with fp32 normalization statistics.
 
     Args:
@@ -680,8 +680,11 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
             decomposed into primitive ops): the failure demonstration, never for deployment.
         target: "ort-cpu" (default; nodes ORT's CPU provider lacks a low-precision kernel for are
             emulated: fp32 math, low-precision tensors) or "tensorrt" (the pure typed graph).
-        fuse: fuse decomposed normalizations first with ``ln_deploy.fuse`` (to LayerNormalization with
-            fp32 statistics); what cannot be fused stays decomposed and in fp32.
+        fuse, fuser: fuse decomposed normalizations first with ``fuser`` (to LayerNormalization with
+            fp32 statistics); what cannot be fused stays decomposed and in fp32. ``fuser`` is called as
+            ``fuse_model(model, target="onnx", verify=True)``; the convert stage does not
+            import the fuse stage, so callers pass it (``ln_deploy.pipeline_steps.convert_model``
+            passes ``ln_deploy.fuse.fuse_model``; None = no fusion).
         measure: run the fp32 model and the candidate in ORT on the calibration inputs; keep in
             fp32 the nodes whose values exceed ``data_max`` (fp16) or whose relative error exceeds
             ``tolerance`` (default 16 unit roundoffs) while their inputs' error is 8x smaller.
@@ -713,7 +716,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
                             "the measured check sees the main graph")
 
     if fuse and not force_norm_fp16:
-        model = _fuse_first(model, report)
+        model = _fuse_first(model, report, fuser)
     forced: list[str] = []
     if force_norm_fp16:
         forced = decompose_fused_norms(model.graph, main_opset)
@@ -847,20 +850,18 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
     return converted, rep
 
 
-def _fuse_first(model, report):
-    """Fuse decomposed normalizations with ln_deploy.fuse when there are any (and it is installed)."""
+def _fuse_first(model, report, fuser):
+    """Fuse decomposed normalizations with ``fuser`` (ln_deploy.fuse.fuse_model) when there are any."""
     sites = norms_mod.find_normalizations(model.graph, model=model)
     if not any(s.form == "decomposed" for s in sites):
         return model
-    try:
-        from ..fuse import fuse_model
-    except ImportError:
-        report.notes.append("ln_deploy.fuse is not available: decomposed normalizations stay in fp32")
+    if fuser is None:
+        report.notes.append("no fuser given (convert_model(fuser=None)): decomposed normalizations stay in fp32")
         return model
     from ..errors import LnDeployError
 
     try:
-        fused, frep = fuse_model(model, target="onnx", verify=True)
+        fused, frep = fuser(model, target="onnx", verify=True)
     except LnDeployError as e:
         report.notes.append(f"fusing decomposed normalizations failed ({e}); they stay decomposed, in fp32")
         return model

@@ -168,7 +168,7 @@ def _key_convert(run: DeployRun) -> dict:
 def _convert(run: DeployRun) -> Outcome:
     if run.options.precision == "fp32":
         return Outcome(status="n/a", detail="fp32: no conversion")
-    from ..convert import convert_model
+    from ..pipeline_steps import convert_model
     from ..fileio import save_onnx_atomic
 
     kwargs = {"target": "tensorrt"} if run.options.target == "tensorrt" else {}

@@ -139,7 +139,7 @@ def test_sidecar_is_what_package_reads(exported_bundled, shared_libs, tmp_path):
 
 
 def test_precision_of_converted_graph(exported_bundled, tmp_path):
-    from ln_deploy.convert import convert_model
+    from ln_deploy.pipeline_steps import convert_model
 
     _, exported = exported_bundled["pre_ln_encoder_block"]
     assert graph_precision(onnx.load(exported.path)) == "fp32"
@@ -230,7 +230,7 @@ def _plugin_library():
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_tensorrt_build_and_parity(name, precision, with_plugin, exported_bundled, tmp_path):
     """Build each bundled model with and without ln_deploy's plugin, fp32 and fp16, and check parity."""
-    from ln_deploy.build import build_engine
+    from ln_deploy.pipeline_steps import build_engine
     from ln_deploy.check import check_model
 
     loaded, exported = exported_bundled[name]

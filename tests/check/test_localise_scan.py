@@ -290,7 +290,7 @@ def test_converted_scan_model_localises_in_its_precision(export_spec):
     """A bf16 conversion of a scan-mode LN-LSTM: the precision is read from the Scan body's initializers,
     and the body's bf16 normalization outputs are exposed through a Cast to fp32."""
     from ln_deploy.check.api import detect_precision
-    from ln_deploy.convert import convert_model
+    from ln_deploy.pipeline_steps import convert_model
     from models.catalog import spec_path
 
     loaded, path = _scan_export(export_spec, BUNDLED["ln_lstm"])

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from ln_deploy.convert import advise, convert_model
+from ln_deploy.convert import advise
+from ln_deploy.pipeline_steps import convert_model
 
 DEMO = "post_ln_encoder_block"  # post-LN: norm1 sees x + attn(x) directly, its output is the block's
 

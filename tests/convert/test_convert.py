@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ln_deploy.convert import convert_model
+from ln_deploy.pipeline_steps import convert_model
 from models.catalog import BUNDLED, spec_path
 
 

@@ -34,7 +34,7 @@ def spec_file(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_public_architecture_converts_and_checks(name, spec_file, tmp_path):
     from ln_deploy.check import check_model
-    from ln_deploy.convert import convert_model
+    from ln_deploy.pipeline_steps import convert_model
     from ln_deploy.errors import BadInputError
     from ln_deploy.export import export_model
     from ln_deploy.fuse import fuse_model

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ln_deploy.convert import convert_model
+from ln_deploy.pipeline_steps import convert_model
 from ln_deploy.convert import precision as P
 from ln_deploy.onnx_graph import infer_types
 from ln_deploy.convert.validate import check_function_bodies, validate_converted
