@@ -399,22 +399,29 @@ _USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
 def _short_kernel_name(mangled: str) -> str:
-    """normRegisterKernel<half,float,4> from its mangled name (only ln_deploy's own kernels)."""
+    """normRegisterKernel<half,float,4,vec16> from its mangled name (only ln_deploy's own kernels)."""
     m = re.search(r"kernels\d+(\w+?)I(.*)EEvNS0_12KernelParamsE", mangled)
     if not m:
         return mangled
     names = {"f": "float", "6__half": "half", "13__nv_bfloat16": "bf16"}
     args = []
-    for tok in re.findall(r"Li(\d+)E|(13__nv_bfloat16|6__half|f|S\d*_)", m.group(2) + "E"):
-        num, typ = tok
-        args.append(num if num else names.get(typ, args[0] if args else typ))
+    for tok in re.findall(r"Li(\d+)E|Lb([01])E|(13__nv_bfloat16|6__half|f|S\d*_)", m.group(2) + "E"):
+        num, flag, typ = tok
+        if flag:
+            args.append("vec16" if flag == "1" else "anyalign")
+        else:
+            args.append(num if num else names.get(typ, args[0] if args else typ))
     return f"{m.group(1)}<{','.join(args)}>"
 
 
 def ptxas_report(build_dir: str | Path = DEFAULT_BUILD_DIR) -> list[PtxasEntry]:
     """Registers/spills of every kernel from the ``*.ptxas.log`` files a build leaves behind."""
     entries = []
-    for log in sorted(Path(build_dir).rglob("*.ptxas.log")):
+    root = Path(build_dir)
+    # the kernels' object library (a build folder of an older layout may still hold stale logs)
+    if (root / "CMakeFiles" / "ln_kernels_obj.dir").is_dir():
+        root = root / "CMakeFiles" / "ln_kernels_obj.dir"
+    for log in sorted(root.rglob("*.ptxas.log")):
         current = None
         spill = None
         for line in log.read_text(errors="replace").splitlines():

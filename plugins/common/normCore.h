@@ -38,8 +38,11 @@ namespace core
 
 constexpr int kWarp = 32;
 constexpr int kMaxThreadsPerRow = 1024;  // streaming kernel (rows too long for registers)
-constexpr int kMaxRegisterThreads = 512; // register kernel: 512 threads leave it up to 128 registers
-constexpr int kMaxRegisterIters = 8;   // 8 x 16 bytes of the row per thread stay in registers
+// Register kernel: up to 1024 threads per row, 4 x 16 bytes of the row per thread. With
+// __launch_bounds__(1024, 1) every configuration fits 64 registers (>= 50% occupancy).
+constexpr int kMaxRegisterThreads = 1024;
+constexpr int kMaxRegisterIters = 4;
+constexpr int kRegisterBudget = 64; // registers per thread, every kernel (tests/kernels/test_kernel_build.py)
 constexpr int kMinBlockThreads = 128;  // rows are packed into blocks of at least this many threads
 constexpr int kSplitThreads = 256;     // block size of the opt-in split-row kernel
 constexpr int kMaxSplitCtas = 1024;    // rows * splits bound of the split-row kernel
@@ -48,7 +51,16 @@ constexpr int kSplitMinChunksPerCta = kSplitThreads; // >= one 16-byte chunk per
 // ---- element conversions (round to nearest even, as PyTorch) --------------------------------
 LN_HD float toFloat(float v) { return v; }
 LN_HD float toFloat(__half v) { return __half2float(v); }
-LN_HD float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+LN_HD float toFloat(__nv_bfloat16 v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // bf16 -> fp32 is exact: the bits shifted up (what __bfloat162float compiles to before sm_90;
+    // from sm_90 its cvt form costs the bf16 row kernels their 64-register budget)
+    return __uint_as_float(static_cast<unsigned>(__bfloat16_as_ushort(v)) << 16);
+#else
+    return __bfloat162float(v);
+#endif
+}
 
 template <typename T>
 LN_HD T fromFloat(float v);
@@ -112,11 +124,13 @@ inline int32_t pow2Ceil(int64_t v)
 /*
  * Default (batch-invariant) choice, by the number of 16-byte chunks C in a row:
  *   C <= 32         -> threads_per_row = pow2ceil(C) <= 32, one chunk each: several rows per warp;
- *   C <= 8 * 512    -> up to 4 chunks per thread while the row fits 512 threads, then up to 8:
- *                      a warp (medium rows) or a block of up to 512 threads (long rows) per row,
- *                      the row held in registers (at most 8 x 16 bytes per thread); that is
- *                      hidden <= 16384 (fp32) / 32768 (fp16, bf16);
- *   larger          -> streaming kernel (1024 threads, row re-read from L1/L2 in each pass).
+ *   C <= 4 * 1024   -> up to 4 chunks per thread, pow2ceil(C / chunks) threads: a warp (medium
+ *                      rows) or a block of up to 1024 threads (long rows) per row, the row held in
+ *                      registers; that is hidden <= 16384 (fp32) / 32768 (fp16, bf16);
+ *   larger          -> streaming kernel (1024 threads; the row staged in shared memory when it
+ *                      fits the device's opt-in limit, else re-read from L1/L2 in each pass).
+ * Alignment and hidden % vec never enter: misaligned or odd rows run the same kernel with
+ * narrower loads, so the tree (and every bit) is the same.
  * `rows` is accepted but only consulted in the opt-in split mode (batch_invariant == 0), which
  * splits a long row over several CTAs when there are too few rows to fill the GPU.
  */
@@ -143,23 +157,14 @@ inline int selectStrategy(int64_t hidden, int32_t dtype, int64_t rows, int32_t b
     else
     {
         s.iters = pow2Ceil(ceilDiv(chunks, kWarp));
-        if (s.iters > 4)
-            s.iters = 4;
+        if (s.iters > kMaxRegisterIters)
+            s.iters = kMaxRegisterIters;
         s.threads_per_row = pow2Ceil(ceilDiv(chunks, s.iters));
         if (s.threads_per_row > kMaxRegisterThreads)
         {
-            int64_t const need = ceilDiv(chunks, kMaxRegisterThreads);
-            if (need <= kMaxRegisterIters)
-            {
-                s.threads_per_row = kMaxRegisterThreads;
-                s.iters = pow2Ceil(need);
-            }
-            else
-            {
-                s.kernel = LN_KERNEL_MULTIPASS;
-                s.threads_per_row = kMaxThreadsPerRow;
-                s.iters = static_cast<int32_t>(ceilDiv(chunks, kMaxThreadsPerRow));
-            }
+            s.kernel = LN_KERNEL_MULTIPASS;
+            s.threads_per_row = kMaxThreadsPerRow;
+            s.iters = static_cast<int32_t>(ceilDiv(chunks, kMaxThreadsPerRow));
         }
     }
     s.block_threads = s.threads_per_row > kMinBlockThreads ? s.threads_per_row : kMinBlockThreads;

@@ -14,6 +14,8 @@
  */
 #pragma once
 
+#include <atomic>
+
 #include <cuda_runtime.h>
 
 #include "normCore.h"
@@ -44,8 +46,19 @@ struct KernelParams
     int32_t iters;        // multi-pass and split kernels (runtime)
     int32_t splits;
     int32_t chunksPerSplit;
-    int32_t vecOk;        // every pointer 16-byte aligned and hidden % N == 0
+    int32_t staged;       // streaming kernel: x (+ residual) of the row kept in dynamic shared memory
+    // Low address bits (& 15) of x | residual | sum | y and of scale | bias. A chunk starts a
+    // multiple of 16 bytes into its row, so a row's loads share the alignment of its start.
+    uint32_t rowMis;
+    uint32_t weightMis;
 };
+
+// Alignment bits shared by every chunk of row `off` (elements from the tensors' starts).
+template <typename T>
+__device__ __forceinline__ unsigned rowMisalignment(KernelParams const& p, int64_t off)
+{
+    return (p.rowMis | static_cast<unsigned>(off * static_cast<int64_t>(sizeof(T)))) & 15u;
+}
 
 template <typename T, int N>
 struct alignas(16) Chunk
@@ -53,40 +66,83 @@ struct alignas(16) Chunk
     T v[N];
 };
 
+// Makes the compiler forget what it derived from a chunk's registers (e.g. the 8-32 floats each
+// pass converts the row to): each pass converts again instead of keeping them live, which is what
+// holds the row kernels at 64 registers. The bits are untouched.
 template <typename T, int N>
-__device__ __forceinline__ Chunk<T, N> loadChunk(T const* p, int e0, int n, bool vecOk)
+__device__ __forceinline__ void forgetDerived(Chunk<T, N>& c)
+{
+    uint32_t* w = reinterpret_cast<uint32_t*>(&c);
+#pragma unroll
+    for (int k = 0; k < static_cast<int>(sizeof(c) / 4); ++k)
+        asm volatile("" : "+r"(w[k]));
+}
+
+// One logical chunk (N elements: 16 bytes of x's type, 16 or 32 of an fp32 scale/bias) from p + e0,
+// e0 a multiple of N. The load width follows the address: 16, 8 or 4 bytes at a time for a full chunk, element by element for the row's partial last
+// chunk or a 2-byte aligned address. The values, and so every bit computed from them, do not
+// depend on the width: the same element-to-thread mapping whatever the alignment.
+template <typename T, int N, bool kVecOnly>
+__device__ __forceinline__ Chunk<T, N> loadChunk(T const* p, int e0, int n, unsigned a)
 {
     Chunk<T, N> c;
-    if (vecOk && e0 + N <= n)
-        c = *reinterpret_cast<Chunk<T, N> const*>(p + e0);
+    T const* q = p + e0;
+    if (kVecOnly || (e0 + N <= n && (a & 15u) == 0))
+        c = *reinterpret_cast<Chunk<T, N> const*>(q);
+    else if (e0 + N <= n && (a & 7u) == 0)
+    {
+        uint2 const* s = reinterpret_cast<uint2 const*>(q);
+        uint2* d = reinterpret_cast<uint2*>(&c);
+#pragma unroll
+        for (int k = 0; k < static_cast<int>(sizeof(c) / 8); ++k)
+            d[k] = s[k];
+    }
+    else if (e0 + N <= n && (a & 3u) == 0)
+    {
+        uint32_t const* s = reinterpret_cast<uint32_t const*>(q);
+        uint32_t* d = reinterpret_cast<uint32_t*>(&c);
+#pragma unroll
+        for (int k = 0; k < static_cast<int>(sizeof(c) / 4); ++k)
+            d[k] = s[k];
+    }
     else
     {
 #pragma unroll
         for (int j = 0; j < N; ++j)
-            c.v[j] = e0 + j < n ? p[e0 + j] : fromFloat<T>(0.0f);
+            c.v[j] = e0 + j < n ? q[j] : fromFloat<T>(0.0f);
     }
     return c;
 }
 
-template <typename T, int N>
-__device__ __forceinline__ void storeChunk(T* p, int e0, int n, bool vecOk, Chunk<T, N> const& c)
+template <typename T, int N, bool kVecOnly>
+__device__ __forceinline__ void storeChunk(T* p, int e0, int n, Chunk<T, N> const& c, unsigned a)
 {
-    if (vecOk && e0 + N <= n)
-        *reinterpret_cast<Chunk<T, N>*>(p + e0) = c;
+    T* q = p + e0;
+    if (kVecOnly || (e0 + N <= n && (a & 15u) == 0))
+        *reinterpret_cast<Chunk<T, N>*>(q) = c;
+    else if (e0 + N <= n && (a & 7u) == 0)
+    {
+        uint2* d = reinterpret_cast<uint2*>(q);
+        uint2 const* s = reinterpret_cast<uint2 const*>(&c);
+#pragma unroll
+        for (int k = 0; k < static_cast<int>(sizeof(c) / 8); ++k)
+            d[k] = s[k];
+    }
+    else if (e0 + N <= n && (a & 3u) == 0)
+    {
+        uint32_t* d = reinterpret_cast<uint32_t*>(q);
+        uint32_t const* s = reinterpret_cast<uint32_t const*>(&c);
+#pragma unroll
+        for (int k = 0; k < static_cast<int>(sizeof(c) / 4); ++k)
+            d[k] = s[k];
+    }
     else
     {
 #pragma unroll
         for (int j = 0; j < N; ++j)
             if (e0 + j < n)
-                p[e0 + j] = c.v[j];
+                q[j] = c.v[j];
     }
-}
-
-// A full, 16-byte aligned chunk: the register kernel's only path (it runs only when vecOk).
-template <typename T, int N>
-__device__ __forceinline__ Chunk<T, N> loadChunkVec(T const* p, int e0)
-{
-    return *reinterpret_cast<Chunk<T, N> const*>(p + e0);
 }
 
 // x (+ residual) for one chunk; writes the sum output when asked (exactly once per element).
@@ -94,17 +150,16 @@ template <typename T, int N, bool kVecOnly>
 __device__ __forceinline__ Chunk<T, N> loadInput(KernelParams const& p, int64_t off, int e0, bool writeSum)
 {
     int const n = static_cast<int>(p.n);
-    Chunk<T, N> c = kVecOnly ? loadChunkVec<T, N>(static_cast<T const*>(p.x) + off, e0)
-                             : loadChunk<T, N>(static_cast<T const*>(p.x) + off, e0, n, p.vecOk);
+    unsigned const mis = kVecOnly ? 0u : rowMisalignment<T>(p, off);
+    Chunk<T, N> c = loadChunk<T, N, kVecOnly>(static_cast<T const*>(p.x) + off, e0, n, mis);
     if (p.residual != nullptr)
     {
-        Chunk<T, N> const r = kVecOnly ? loadChunkVec<T, N>(static_cast<T const*>(p.residual) + off, e0)
-                                       : loadChunk<T, N>(static_cast<T const*>(p.residual) + off, e0, n, p.vecOk);
+        Chunk<T, N> const r = loadChunk<T, N, kVecOnly>(static_cast<T const*>(p.residual) + off, e0, n, mis);
 #pragma unroll
         for (int j = 0; j < N; ++j)
             c.v[j] = addResidual(c.v[j], r.v[j]);
         if (writeSum && p.sumOut != nullptr)
-            storeChunk<T, N>(static_cast<T*>(p.sumOut) + off, e0, n, kVecOnly || p.vecOk, c);
+            storeChunk<T, N, kVecOnly>(static_cast<T*>(p.sumOut) + off, e0, n, c, mis);
     }
     return c;
 }
@@ -138,32 +193,105 @@ __device__ __forceinline__ float groupReduce(float v, int G, float* red, int fir
 }
 
 template <typename T, typename W, int N, bool kVecOnly>
-__device__ __forceinline__ void writeOutput(
-    KernelParams const& p, int64_t off, int e0, Chunk<T, N> const& v, float shift, float offset, float rstd)
+__device__ __forceinline__ void writeChunk(KernelParams const& p, int64_t off, int e0, Chunk<T, N> const& v,
+    Chunk<W, N> const& w, Chunk<W, N> const& b, float shift, float offset, float rstd)
 {
-    int const n = static_cast<int>(p.n);
-    Chunk<W, N> const w = kVecOnly ? loadChunkVec<W, N>(static_cast<W const*>(p.scale), e0)
-                                   : loadChunk<W, N>(static_cast<W const*>(p.scale), e0, n, p.vecOk);
-    Chunk<W, N> b;
-    if (p.bias != nullptr)
-        b = kVecOnly ? loadChunkVec<W, N>(static_cast<W const*>(p.bias), e0)
-                     : loadChunk<W, N>(static_cast<W const*>(p.bias), e0, n, p.vecOk);
     Chunk<T, N> o;
 #pragma unroll
     for (int j = 0; j < N; ++j)
         o.v[j] = fromFloat<T>(
             normalizeOne(toFloat(v.v[j]), shift, offset, rstd, toFloat(w.v[j]), p.bias != nullptr ? toFloat(b.v[j]) : 0.0f));
-    storeChunk<T, N>(static_cast<T*>(p.y) + off, e0, n, kVecOnly || p.vecOk, o);
+    storeChunk<T, N, kVecOnly>(
+        static_cast<T*>(p.y) + off, e0, static_cast<int>(p.n), o, kVecOnly ? 0u : rowMisalignment<T>(p, off));
 }
 
-// Rows held in registers: ITERS chunks of 16 bytes per thread, G threads per row (G < 32:
-// 32/G rows per warp; G >= 32: a warp or a block per row). Grid-stride over row groups.
-// Runs only when vecOk (aligned pointers, hidden % N == 0): every chunk is full or absent. In-row
-// indices are 32-bit (hidden <= 2^24) to keep register pressure down.
-template <typename T, typename W, int ITERS>
-__global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(KernelParams p)
+// scale and bias of one chunk (bias zero when absent)
+template <typename W, int N, bool kVecOnly>
+__device__ __forceinline__ void loadWeights(KernelParams const& p, int e0, Chunk<W, N>& w, Chunk<W, N>& b)
+{
+    int const n = static_cast<int>(p.n);
+    w = loadChunk<W, N, kVecOnly>(static_cast<W const*>(p.scale), e0, n, p.weightMis);
+    if (p.bias != nullptr)
+        b = loadChunk<W, N, kVecOnly>(static_cast<W const*>(p.bias), e0, n, p.weightMis);
+    else
+    {
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+            b.v[j] = fromFloat<W>(0.0f);
+    }
+}
+
+template <typename T, typename W, int N, bool kVecOnly>
+__device__ __forceinline__ void writeOutput(
+    KernelParams const& p, int64_t off, int e0, Chunk<T, N> const& v, float shift, float offset, float rstd)
+{
+    constexpr int H = 16 / sizeof(W); // weights per 16 bytes
+    if constexpr (H >= N)
+    {
+        Chunk<W, N> w, b;
+        loadWeights<W, N, kVecOnly>(p, e0, w, b);
+        writeChunk<T, W, N, kVecOnly>(p, off, e0, v, w, b, shift, offset, rstd);
+    }
+    else
+    {
+        // fp32 weights of a 16-bit chunk are 32 bytes each: taken 16 bytes at a time, so that scale,
+        // bias and the results of one half are live at once, not of the whole chunk
+        Chunk<T, N> o;
+#pragma unroll
+        for (int h = 0; h < N / (H < N ? H : N); ++h)
+        {
+            Chunk<W, (H < N ? H : N)> w, b;
+            loadWeights<W, (H < N ? H : N), kVecOnly>(p, e0 + h * H, w, b);
+#pragma unroll
+            for (int j = 0; j < H && j < N; ++j)
+                o.v[h * H + j] = fromFloat<T>(normalizeOne(toFloat(v.v[h * H + j]), shift, offset, rstd, toFloat(w.v[j]),
+                    p.bias != nullptr ? toFloat(b.v[j]) : 0.0f));
+            asm volatile("" ::: "memory");
+        }
+        forgetDerived(o);
+        storeChunk<T, N, kVecOnly>(
+            static_cast<T*>(p.y) + off, e0, static_cast<int>(p.n), o, kVecOnly ? 0u : rowMisalignment<T>(p, off));
+    }
+}
+
+// The ITERS chunks a thread owns of row `row` (zeros past the row or the last row).
+template <typename T, int N, int ITERS, bool kVecOnly>
+__device__ __forceinline__ void loadRow(KernelParams const& p, int64_t row, int tN, int GN, Chunk<T, N> (&v)[ITERS])
+{
+    int const nRow = row < p.rows ? static_cast<int>(p.n) : 0;
+    int64_t const off = row * p.n;
+#pragma unroll
+    for (int i = 0; i < ITERS; ++i)
+    {
+        if (tN + i * GN < nRow)
+            v[i] = loadInput<T, N, kVecOnly>(p, off, tN + i * GN, true);
+        else
+        {
+#pragma unroll
+            for (int j = 0; j < N; ++j)
+                v[i].v[j] = fromFloat<T>(0.0f);
+        }
+        // the width-selecting path needs its address registers one chunk at a time (compiler-only
+        // fence: the loads already issued stay in flight)
+        if (!kVecOnly && ITERS >= 4)
+            asm volatile("" ::: "memory");
+    }
+}
+
+// Rows held in registers: ITERS (1, 2 or 4) chunks of 16 bytes per thread, G threads per row
+// (G < 32: 32/G rows per warp; G >= 32: a warp or a block of up to 1024 threads per row). The grid
+// is persistent (resident blocks x SMs) and strides over row groups. kVecOnly: every pointer
+// 16-byte aligned and hidden % N == 0; otherwise each chunk is loaded with the widest access its
+// address allows, and the row's partial last chunk element by element: same tree, same bits.
+// With one chunk per thread, a thread's scale and bias are the same for every row: loaded once.
+// With one or two, the next row's chunks are loaded before this row is reduced (prefetch).
+// In-row indices are 32-bit (hidden <= 2^24). __launch_bounds__(1024, 1): <= 64 registers.
+template <typename T, typename W, int ITERS, bool kVecOnly>
+__global__ void __launch_bounds__(kMaxRegisterThreads, 1) normRegisterKernel(KernelParams p)
 {
     constexpr int N = 16 / sizeof(T);
+    constexpr bool kPrefetch = ITERS <= 2;
+    constexpr bool kWeightsHeld = ITERS == 1;
     __shared__ float red[2][kMaxRegisterThreads / kWarp];
     int const G = p.G;
     int const group = threadIdx.x >> p.log2G;
@@ -171,25 +299,24 @@ __global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(Kernel
     int const GN = G * N;                       // distance between a thread's chunks
     int const firstWarp = (group * G) / kWarp;
     int64_t const step = static_cast<int64_t>(gridDim.x) * p.rowsPerBlock;
-    for (int64_t base = static_cast<int64_t>(blockIdx.x) * p.rowsPerBlock; base < p.rows; base += step)
+    Chunk<W, N> wHeld, bHeld;
+    if (kWeightsHeld && tN < p.n)
+        loadWeights<W, N, kVecOnly>(p, tN, wHeld, bHeld);
+    int64_t base = static_cast<int64_t>(blockIdx.x) * p.rowsPerBlock;
+    Chunk<T, N> v[ITERS];
+    if (kPrefetch)
+        loadRow<T, N, ITERS, kVecOnly>(p, base + group, tN, GN, v);
+    for (; base < p.rows; base += step)
     {
         int64_t const row = base + group;
         // lanes past the last row own no element but still take part in shuffles and barriers
         int const nRow = row < p.rows ? static_cast<int>(p.n) : 0;
         int64_t const off = row * p.n;
-        Chunk<T, N> v[ITERS];
-#pragma unroll
-        for (int i = 0; i < ITERS; ++i)
-        {
-            if (tN + i * GN < nRow)
-                v[i] = loadInput<T, N, true>(p, off, tN + i * GN, true);
-            else
-            {
-#pragma unroll
-                for (int j = 0; j < N; ++j)
-                    v[i].v[j] = fromFloat<T>(0.0f);
-            }
-        }
+        Chunk<T, N> next[kPrefetch ? ITERS : 1];
+        if (kPrefetch)
+            loadRow<T, N, kPrefetch ? ITERS : 1, kVecOnly>(p, row + step, tN, GN, next);
+        else
+            loadRow<T, N, ITERS, kVecOnly>(p, row, tN, GN, v);
         float const shift = !p.rms && nRow > 0 ? rowShift<T>(p, off) : 0.0f;
         float offset = 0.0f;
         if (!p.rms)
@@ -206,39 +333,58 @@ __global__ void __launch_bounds__(kMaxRegisterThreads) normRegisterKernel(Kernel
         float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i)
+        {
+            forgetDerived(v[i]);
 #pragma unroll
             for (int j = 0; j < N; ++j)
                 if (tN + i * GN + j < nRow)
                     acc = accumulateSquare(acc, deviation(toFloat(v[i].v[j]), shift, offset));
+        }
         float const rstd = finishRstd(groupReduce(acc, G, red[1], firstWarp), p.n, p.eps);
 #pragma unroll
         for (int i = 0; i < ITERS; ++i)
         {
+            forgetDerived(v[i]);
             if (tN + i * GN < nRow)
-                writeOutput<T, W, N, true>(p, off, tN + i * GN, v[i], shift, offset, rstd);
-            // With 8 chunks held, hoisting every chunk's scale/bias loads (32 bytes each for fp32
-            // scale) above the stores would exceed 128 registers: fence every other chunk.
-            if (ITERS >= 8 && (i & 1))
+            {
+                if (kWeightsHeld)
+                    writeChunk<T, W, N, kVecOnly>(p, off, tN, v[i], wHeld, bHeld, shift, offset, rstd);
+                else
+                    writeOutput<T, W, N, kVecOnly>(p, off, tN + i * GN, v[i], shift, offset, rstd);
+            }
+            // With 4 chunks held, hoisting every chunk's scale/bias loads above the stores would
+            // exceed the 64-register budget: one chunk's weights in flight at a time.
+            if (ITERS >= 4)
                 asm volatile("" ::: "memory");
+        }
+        if (kPrefetch)
+        {
+#pragma unroll
+            for (int i = 0; i < ITERS; ++i)
+                v[i] = next[kPrefetch ? i : 0];
         }
         if (G > kWarp)
             __syncthreads(); // red[] is rewritten for the next row
     }
 }
 
-// Streaming kernel: the same chunk ownership and reduction tree as the register kernel with the
-// same (G, iters), but the row is re-read (from L1/L2) in each pass instead of held. Used for
-// rows too long for registers (G = 1024, iters > 8) and for every strategy whose pointers are
-// misaligned or whose hidden size is not a multiple of N (scalar loads), so the choice between
-// vector and scalar loads never changes a row's bits.
+// Streaming kernel: the same chunk ownership and tree as a register kernel with the same (G, iters),
+// for rows longer than the register kernel holds (G = 1024, iters > 4) and for 4-chunk rows whose
+// pointers or size rule out the 16-byte path (their width-selecting loads do not fit 64 registers
+// with the row held). With `staged`, the first pass keeps each thread's x (+ residual) chunks in
+// dynamic shared memory and the later passes read them there (each thread reads back only what it
+// wrote: no barrier needed); otherwise every pass re-reads the row from L1/L2.
 template <typename T, typename W>
-__global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelParams p)
+__global__ void __launch_bounds__(kMaxThreadsPerRow, 1) normStreamKernel(KernelParams p)
 {
     constexpr int N = 16 / sizeof(T);
     __shared__ float red[2][kMaxThreadsPerRow / kWarp];
+    extern __shared__ __align__(16) unsigned char stageRaw[];
+    Chunk<T, N>* stage = reinterpret_cast<Chunk<T, N>*>(stageRaw);
     int const G = p.G;
     int const group = threadIdx.x >> p.log2G;
-    int const tN = (threadIdx.x & (G - 1)) * N;
+    int const t = threadIdx.x & (G - 1);
+    int const tN = t * N;
     int const GN = G * N;
     int const firstWarp = (group * G) / kWarp;
     int64_t const step = static_cast<int64_t>(gridDim.x) * p.rowsPerBlock;
@@ -247,6 +393,17 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
         int64_t const row = base + group;
         int const nRow = row < p.rows ? static_cast<int>(p.n) : 0;
         int64_t const off = row * p.n;
+        // pass `pass` over this thread's chunks; the first pass reads global memory (and writes the
+        // sum output), later ones the staged copy when there is one
+        auto chunkAt = [&](int i, bool first) {
+            int const e0 = tN + i * GN;
+            if (p.staged && !first)
+                return stage[threadIdx.x + i * blockDim.x];
+            Chunk<T, N> const c = loadInput<T, N, false>(p, off, e0, first);
+            if (p.staged)
+                stage[threadIdx.x + i * blockDim.x] = c;
+            return c;
+        };
         float const shift = !p.rms && nRow > 0 ? rowShift<T>(p, off) : 0.0f;
         float offset = 0.0f;
         if (!p.rms)
@@ -257,7 +414,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
                 int const e0 = tN + i * GN;
                 if (e0 >= nRow)
                     break;
-                Chunk<T, N> const v = loadInput<T, N, false>(p, off, e0, true);
+                Chunk<T, N> const v = chunkAt(i, true);
 #pragma unroll
                 for (int j = 0; j < N; ++j)
                     if (e0 + j < nRow)
@@ -271,7 +428,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
             int const e0 = tN + i * GN;
             if (e0 >= nRow)
                 break;
-            Chunk<T, N> const v = loadInput<T, N, false>(p, off, e0, p.rms != 0);
+            Chunk<T, N> const v = chunkAt(i, p.rms != 0);
 #pragma unroll
             for (int j = 0; j < N; ++j)
                 if (e0 + j < nRow)
@@ -283,7 +440,9 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) normStreamKernel(KernelPara
             int const e0 = tN + i * GN;
             if (e0 >= nRow)
                 break;
-            writeOutput<T, W, N, false>(p, off, e0, loadInput<T, N, false>(p, off, e0, false), shift, offset, rstd);
+            Chunk<T, N> const v
+                = p.staged ? stage[threadIdx.x + i * blockDim.x] : loadInput<T, N, false>(p, off, e0, false);
+            writeOutput<T, W, N, false>(p, off, e0, v, shift, offset, rstd);
         }
         if (G > kWarp)
             __syncthreads();
@@ -302,7 +461,7 @@ __device__ __forceinline__ void splitRange(KernelParams const& p, int N, int64_t
 }
 
 template <typename T, typename W>
-__global__ void __launch_bounds__(kSplitThreads) normSplitStatsKernel(KernelParams p)
+__global__ void __launch_bounds__(kSplitThreads, kMaxRegisterThreads / kSplitThreads) normSplitStatsKernel(KernelParams p)
 {
     constexpr int N = 16 / sizeof(T);
     __shared__ float red[2][kSplitThreads / kWarp];
@@ -346,7 +505,7 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitStatsKernel(KernelPara
 }
 
 template <typename T, typename W>
-__global__ void __launch_bounds__(kSplitThreads) normSplitApplyKernel(KernelParams p)
+__global__ void __launch_bounds__(kSplitThreads, kMaxRegisterThreads / kSplitThreads) normSplitApplyKernel(KernelParams p)
 {
     constexpr int N = 16 / sizeof(T);
     int64_t const row = blockIdx.y;
@@ -380,7 +539,56 @@ __global__ void __launch_bounds__(kSplitThreads) normSplitApplyKernel(KernelPara
         writeOutput<T, W, N, false>(p, off, c * N, loadInput<T, N, false>(p, off, c * N, false), shift, offset, rstd);
 }
 
-inline bool aligned16(void const* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// Resident blocks per SM of a kernel at a block size, queried once per (kernel, block size):
+// the persistent grid is this times the SM count. Never enters a row's reduction.
+template <typename Kernel>
+int residentBlocks(Kernel kernel, int blockThreads, size_t dynamicSmem)
+{
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, blockThreads, dynamicSmem) != cudaSuccess
+        || blocks < 1)
+    {
+        (void) cudaGetLastError(); // not sticky; fall back to one block per SM
+        blocks = 1;
+    }
+    return blocks;
+}
+
+// Largest dynamic shared memory a block may opt into on the current device (0 if unknown).
+inline int optinSharedBytes()
+{
+    int dev = 0;
+    int bytes = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess
+        || cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    {
+        (void) cudaGetLastError();
+        return 0;
+    }
+    return bytes;
+}
+
+template <typename T, typename W, int ITERS, bool kVecOnly>
+int launchRegister(KernelParams const& p, int64_t groups, int blockThreads, int smCount, cudaStream_t stream)
+{
+    constexpr int vecOnly = kVecOnly ? 1 : 0;
+    auto kernel = normRegisterKernel<T, W, ITERS, kVecOnly>;
+    // queried once per kernel and block size (powers of two from 128 to 1024: one slot each)
+    static std::atomic<int> cache[2][4];
+    int slot = 0;
+    while ((kMinBlockThreads << slot) < blockThreads && slot < 3)
+        ++slot;
+    int perSm = cache[vecOnly][slot].load(std::memory_order_relaxed);
+    if (perSm == 0)
+    {
+        perSm = residentBlocks(kernel, blockThreads, 0);
+        cache[vecOnly][slot].store(perSm, std::memory_order_relaxed);
+    }
+    int64_t const resident = static_cast<int64_t>(perSm) * smCount;
+    unsigned const grid = static_cast<unsigned>(groups < resident ? groups : resident);
+    kernel<<<grid, blockThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
 
 // Typed launcher: validated arguments and a strategy from selectStrategy; returns a cudaError_t.
 template <typename T, typename W>
@@ -407,34 +615,49 @@ int launchNorm(ln_norm_args const& a, ln_strategy const& s, int smCount, cudaStr
     p.iters = s.iters;
     p.splits = s.splits;
     p.chunksPerSplit = s.chunks_per_split;
-    p.vecOk = a.hidden % N == 0 && aligned16(a.x) && aligned16(a.y) && aligned16(a.scale)
-        && (a.residual == nullptr || aligned16(a.residual)) && (a.sum_out == nullptr || aligned16(a.sum_out))
-        && (a.bias == nullptr || aligned16(a.bias));
-    // A few waves of resident blocks; the grid size never changes a row's reduction tree.
-    int64_t const residentBlocks = static_cast<int64_t>(smCount) * (2048 / s.block_threads);
-    auto gridFor = [&](int64_t blocks) {
-        int64_t const cap = residentBlocks * 8;
-        return static_cast<unsigned>(blocks < cap ? blocks : cap);
-    };
-    switch (s.kernel)
+    // Only selects 16-byte loads without address checks; the arithmetic is the same either way.
+    auto bits = [](void const* q) { return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(q) & 15u); };
+    p.rowMis = bits(a.x) | bits(a.y) | bits(a.residual) | bits(a.sum_out);
+    p.weightMis = bits(a.scale) | bits(a.bias);
+    bool const vecOnly = a.hidden % N == 0 && p.rowMis == 0 && p.weightMis == 0;
+    int64_t const groups = ceilDiv(a.rows, s.rows_per_block);
+    bool const streamed = s.kernel == LN_KERNEL_MULTIPASS || (s.kernel == LN_KERNEL_REGISTER && s.iters >= 4 && !vecOnly);
+    switch (streamed ? LN_KERNEL_MULTIPASS : s.kernel)
     {
     case LN_KERNEL_REGISTER:
+        switch (s.iters * 2 + (vecOnly ? 1 : 0))
+        {
+        case 2: return launchRegister<T, W, 1, false>(p, groups, s.block_threads, smCount, stream);
+        case 3: return launchRegister<T, W, 1, true>(p, groups, s.block_threads, smCount, stream);
+        case 4: return launchRegister<T, W, 2, false>(p, groups, s.block_threads, smCount, stream);
+        case 5: return launchRegister<T, W, 2, true>(p, groups, s.block_threads, smCount, stream);
+        case 9: return launchRegister<T, W, 4, true>(p, groups, s.block_threads, smCount, stream);
+        default: return cudaErrorInvalidValue;
+        }
     case LN_KERNEL_MULTIPASS:
     {
-        unsigned const grid = gridFor(ceilDiv(a.rows, s.rows_per_block));
-        if (s.kernel == LN_KERNEL_MULTIPASS || !p.vecOk)
-            normStreamKernel<T, W><<<grid, s.block_threads, 0, stream>>>(p);
-        else
+        // Stage the row in shared memory when it fits the device's opt-in limit (> 48 KB).
+        size_t const stageBytes = static_cast<size_t>(s.iters) * s.block_threads * 16;
+        size_t const staticBytes = 2 * (kMaxThreadsPerRow / kWarp) * sizeof(float);
+        int const optin = optinSharedBytes();
+        p.staged = optin > 0 && stageBytes + staticBytes <= static_cast<size_t>(optin);
+        size_t const dyn = p.staged ? stageBytes : 0;
+        auto kernel = normStreamKernel<T, W>;
+        if (p.staged)
         {
-            switch (s.iters)
+            static std::atomic<size_t> granted{0};
+            if (granted.load(std::memory_order_relaxed) < dyn)
             {
-            case 1: normRegisterKernel<T, W, 1><<<grid, s.block_threads, 0, stream>>>(p); break;
-            case 2: normRegisterKernel<T, W, 2><<<grid, s.block_threads, 0, stream>>>(p); break;
-            case 4: normRegisterKernel<T, W, 4><<<grid, s.block_threads, 0, stream>>>(p); break;
-            case 8: normRegisterKernel<T, W, 8><<<grid, s.block_threads, 0, stream>>>(p); break;
-            default: return cudaErrorInvalidValue;
+                cudaError_t const e
+                    = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
+                if (e != cudaSuccess)
+                    return e;
+                granted.store(dyn, std::memory_order_relaxed);
             }
         }
+        int64_t const resident = static_cast<int64_t>(residentBlocks(kernel, s.block_threads, dyn)) * smCount;
+        unsigned const grid = static_cast<unsigned>(groups < resident ? groups : resident);
+        kernel<<<grid, s.block_threads, dyn, stream>>>(p);
         return cudaGetLastError();
     }
     case LN_KERNEL_SPLIT_ROW:

@@ -14,19 +14,28 @@ DEFAULT_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")  # CMakeLists.txt default
 TYPE_PAIRS = ["float,float", "half,half", "half,float", "bf16,bf16", "bf16,float"]
 
 
-def test_kernels_build_without_spills(native_build):
+REGISTER_VARIANTS = [(1, "anyalign"), (1, "vec16"), (2, "anyalign"), (2, "vec16"), (4, "vec16")]
+BUDGET = 64  # registers per thread, every kernel (normCore.h kRegisterBudget): >= 50% occupancy
+
+
+def test_kernels_build_within_the_register_budget(native_build):
+    """ptxas -v of the default build: every kernel of every architecture is reported, none spills,
+    none uses a stack frame, none uses more than 64 registers."""
     if native_build.kernels is None:
         pytest.skip("nvcc not found: libln_kernels.so is not built")
     entries = kernels.ptxas_report(native_build.dir)
     print(f"\nnative build: {native_build.seconds:.1f} s (incremental when the build dir was warm)")
     print(kernels.format_ptxas_table(entries))
     names = {(e.kernel, e.arch) for e in entries}
-    expected = {(f"normRegisterKernel<{p},{i}>", a) for p in TYPE_PAIRS for i in (1, 2, 4, 8) for a in DEFAULT_ARCHS}
+    expected = {(f"normRegisterKernel<{p},{i},{v}>", a) for p in TYPE_PAIRS for i, v in REGISTER_VARIANTS
+                for a in DEFAULT_ARCHS}
     expected |= {(f"{k}<{p}>", a) for k in ("normStreamKernel", "normSplitStatsKernel", "normSplitApplyKernel")
                  for p in TYPE_PAIRS for a in DEFAULT_ARCHS}
     assert expected <= names, f"missing from the ptxas report: {sorted(expected - names)[:8]}"
     spilling = [e for e in entries if e.spill_stores or e.spill_loads or e.stack]
     assert not spilling, "kernels spill:\n" + kernels.format_ptxas_table(spilling)
+    over = [e for e in entries if e.registers > BUDGET]
+    assert not over, f"kernels above {BUDGET} registers:\n" + kernels.format_ptxas_table(over)
 
 
 def test_kernel_library_exports_the_c_abi(native_build):

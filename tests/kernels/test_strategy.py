@@ -31,7 +31,7 @@ def test_strategy_covers_the_row(host_lib, dtype):
         assert g * s["iters"] * s["vec"] >= hidden, f"hidden={hidden}: {s} leaves elements unowned"
         assert s["block_threads"] % g == 0 and s["rows_per_block"] == s["block_threads"] // g
         if s["kernel"] == "register":
-            assert s["iters"] in (1, 2, 4, 8) and g <= 512
+            assert s["iters"] in (1, 2, 4) and g <= 1024  # <= 4 chunks held: the 64-register budget
             # no thread owns only padding in its last chunk slot beyond one wasted power-of-two step
             assert g * s["iters"] * s["vec"] < 4 * hidden + 4 * s["vec"]
         else:
