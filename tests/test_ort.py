@@ -91,8 +91,6 @@ def test_refused_graph_is_not_a_crash():
 
 
 def test_parse_error_reads_the_node_name():
-    import onnxruntime as ort
-
     g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"], name="the_add")], "g",
                           [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
                            helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])],

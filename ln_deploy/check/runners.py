@@ -205,17 +205,33 @@ def onnxrt_providers() -> list[tuple[str, str]]:
 
 def make_onnxrt_session(model_bytes: bytes, provider: str, threads: int | None = None):
     """An ONNX Runtime session (built now, so the same one serves the comparison and the invariance runs)."""
-    from ..ort import OrtCrash, SessionConfig, first_line, open_deployable
+    from ..ort import OrtCrash, SessionConfig, first_line, holds_low_precision, open_deployable
 
-    # At the deployment's level (ORT_ENABLE_ALL); an fp16/bf16 graph is probed in a child first and
-    # opened with a known crashing optimizer disabled where the probe needs it, as `serve` does.
+    config = SessionConfig(threads=threads or 0, provider=provider)
+    if provider == "CPUExecutionProvider" and holds_low_precision(model_bytes):
+        # ORT's CPU provider computes most fp16/bf16 ops in fp32 and drops the rounding between
+        # them, which hides overflow a GPU engine hits: measure the strict emulation instead (every
+        # op rounded to its declared type), unoptimised so ORT cannot fold its Casts away.
+        model_bytes, config = strict_cpu_reference(model_bytes), config.replace(level="disable")
+    # Otherwise at the deployment's level (ORT_ENABLE_ALL); an fp16/bf16 graph is probed in a child
+    # first and opened with a known crashing optimizer disabled where the probe needs it, as `serve` does.
     try:
-        return open_deployable(model_bytes, SessionConfig(threads=threads or 0, provider=provider),
-                               what=f"the model ({provider})", probe="auto")[0]
+        return open_deployable(model_bytes, config, what=f"the model ({provider})", probe="auto")[0]
     except OrtCrash as e:
         raise BadInputError(str(e)) from None
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise BadInputError(f"ONNX Runtime ({provider}) cannot load the model: {first_line(e)}") from None
+
+
+def strict_cpu_reference(model_bytes: bytes) -> bytes:
+    """The strict low-precision emulation of a serialized fp16/bf16 model (ln_deploy.convert.emulation)."""
+    import onnx
+
+    from ..lowp_emulation import strict_emulation
+
+    m = onnx.ModelProto()
+    m.ParseFromString(model_bytes)
+    return strict_emulation(m).SerializeToString()
 
 
 def tensorrt_unavailable_reason(engine) -> str | None:

@@ -64,12 +64,12 @@ def _strict_inference_error(model) -> str | None:
 def check_function_bodies(model) -> tuple[str, str] | None:
     """(node name, problem) for the first node whose ONNX function body rejects its input types or
     yields output types other than the graph's; None when every body agrees."""
-    from .precision import _schema, function_body_types
+    from .node_typing import function_body_types, schema_of
 
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
     types = infer_types(model)
     for node in all_nodes(model.graph):
-        schema = _schema(node, opsets)
+        schema = schema_of(node, opsets)
         if schema is None or not (schema.has_function or schema.has_context_dependent_function):
             continue
         in_types = [types.get(n, 0) if n else 0 for n in node.input]

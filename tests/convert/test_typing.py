@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ln_deploy.pipeline_steps import convert_model
-from ln_deploy.convert import precision as P
+from ln_deploy.convert import node_typing as P
 from ln_deploy.onnx_graph import infer_types
 from ln_deploy.convert.validate import check_function_bodies, validate_converted
 from ln_deploy.errors import CheckFailedError
@@ -56,8 +56,8 @@ def _run(model, feeds):
 
 def _old_agnostic(self, schema, i, node=None):
     """The rule before the fix: the schema's type parameters alone."""
-    f = P._formal(schema.inputs, i)
-    if f is None or f.type_str not in P._type_param_info(schema):
+    f = P.formal_param(schema.inputs, i)
+    if f is None or f.type_str not in P.type_params(schema):
         return False
     others = [x.type_str for j, x in enumerate(schema.inputs) if j != i] + [o.type_str for o in schema.outputs]
     return f.type_str not in others
@@ -82,13 +82,13 @@ def test_rms_norm_x_and_scale_get_one_type(precision, target, measure, producer)
 
 def test_typer_reads_function_bodies():
     """Independent schema type parameters are not enough: the function body decides."""
-    typer = P._Typer(TensorProto.FLOAT16, {"": 23}, {"a": 1, "b": 1, "c": 1, "d": 1, "y": 1})
+    typer = P.Typer(TensorProto.FLOAT16, {"": 23}, {"a": 1, "b": 1, "c": 1, "d": 1, "y": 1})
     rms = helper.make_node("RMSNormalization", ["a", "b"], ["y"])
-    assert not typer._agnostic(P._schema(rms, {"": 23}), 0, rms)  # body: Mul(Cast<to=T>(...), scale)
+    assert not typer._agnostic(P.schema_of(rms, {"": 23}), 0, rms)  # body: Mul(Cast<to=T>(...), scale)
     att = helper.make_node("Attention", ["a", "b", "c", "d"], ["y"])
-    assert typer._agnostic(P._schema(att, {"": 23}), 3, att)  # body: CastLike(attn_mask, ...)
+    assert typer._agnostic(P.schema_of(att, {"": 23}), 3, att)  # body: CastLike(attn_mask, ...)
     pw = helper.make_node("Pow", ["a", "b"], ["y"])
-    assert typer._agnostic(P._schema(pw, {"": 23}), 1, pw)  # no body: the schema's word
+    assert typer._agnostic(P.schema_of(pw, {"": 23}), 1, pw)  # no body: the schema's word
     # a low RMSNormalization takes both inputs low; an fp32 one both fp32
     assert typer.io(rms, "low") == ([TensorProto.FLOAT16] * 2, [TensorProto.FLOAT16])
     assert typer.io(rms, "fp32") == ([TensorProto.FLOAT] * 2, [TensorProto.FLOAT])
@@ -187,7 +187,7 @@ def test_validator_refuses_duplicate_node_names():
 def test_ill_typed_conversion_is_refused(monkeypatch, measure, precision):
     """With the old typing rule back (X left fp32 from the Exp, scale low), the conversion must raise
     a one-line CheckFailedError rather than return (or let ORT throw on) an ill-typed graph."""
-    monkeypatch.setattr(P._Typer, "_agnostic", _old_agnostic)
+    monkeypatch.setattr(P.Typer, "_agnostic", _old_agnostic)
     with pytest.raises(CheckFailedError) as e:
         convert_model(rms_model("Exp"), precision, target="tensorrt", measure=measure,
                       calibration={"x": np.ones((8, 8), np.float32)})
@@ -197,7 +197,7 @@ def test_ill_typed_conversion_is_refused(monkeypatch, measure, precision):
 def test_cli_refuses_ill_typed_conversion_and_writes_nothing(monkeypatch, tmp_path, capsys):
     from ln_deploy.cli import main
 
-    monkeypatch.setattr(P._Typer, "_agnostic", _old_agnostic)
+    monkeypatch.setattr(P.Typer, "_agnostic", _old_agnostic)
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(rms_model("Exp"), src)
     rc = main(["-q", "convert", str(src), "-o", str(out), "--precision", "bf16", "--target", "tensorrt"])
