@@ -169,11 +169,11 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
 
     engine = None
     onnx_model = None
+    graph_level = None
     if platform == ONNX_PLATFORM:
         from ..fileio import load_onnx
 
         onnx_model = load_onnx(model_path)  # untrusted: checker + external-data paths
-    graph_level = None
         sig = onnx_signature(onnx_model)
         if ort_check:  # the source itself: a model Triton's backend cannot open is bad input, not a failed check
             from ..ort import level_from_triton
@@ -200,6 +200,10 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     mbs = _resolve_max_batch(sig, max_batch_size, engine, model_path)
     config = build_config(name, platform, sig, max_batch_size=mbs, instances=instances, kind=kind,
                           batch_window_us=batch_window_us)
+    notes = []
+    if onnx_model is not None and ort_check and graph_level is not None:
+        config.optimization.graph.level = graph_level
+        notes.append(level_note)
 
     created_repo = not repo.exists()
     try:
@@ -210,10 +214,6 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     except OSError as e:
         if created_repo:
             with contextlib.suppress(OSError):
-    notes = []
-    if onnx_model is not None and ort_check and graph_level is not None:
-        config.optimization.graph.level = graph_level
-        notes.append(level_note)
                 repo.rmdir()
         raise BadInputError(f"cannot write the repository {repo}: {e.strerror or type(e).__name__}") from None
     try:
