@@ -70,8 +70,9 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
             (the spec's example inputs when ``spec`` is given, else seeded random inputs).
         force_norm_fp16: compute every normalization's statistics in fp16 (fused norms are
             decomposed into primitive ops): the failure demonstration, never for deployment.
-        target: "ort-cpu" (default; nodes ORT's CPU provider lacks a low-precision kernel for are
-            emulated: fp32 math, low-precision tensors) or "tensorrt" (the pure typed graph).
+        target: "ort-cpu" (default: the typed graph ONNX Runtime runs; nodes its CPU provider has
+            no low-precision kernel for run in fp32) or "tensorrt" (the pure typed graph). Either
+            way the measured error is the strict one (``ln_deploy.lowp_emulation``).
         fuse, fuser: fuse decomposed normalizations first with ``fuser`` (to LayerNormalization with
             fp32 statistics); what cannot be fused stays decomposed and in fp32. ``fuser`` is called as
             ``fuse_model(model, target="onnx", opset=..., verify=True)``; the convert stage does not
