@@ -128,12 +128,16 @@ def _resolve_max_batch(sig: Signature, requested: int | None, engine: EngineInfo
 def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: str, *,
                   max_batch_size: int | None = None, instances: int = 1, kind: str = "auto",
                   plugin: str | os.PathLike | None = None, batch_window_us: int = 500, version: int = 1,
-                  model_root: str = "/models", force: bool = False, ort_check: bool = True) -> PackageResult:
+                  model_root: str = "/models", force: bool = False, ort_check: bool = True,
+                  certificate: dict | None = None) -> PackageResult:
     """Write ``<repo>/<name>`` for an ONNX model or a TensorRT engine and validate it.
 
     ``max_batch_size`` None picks 8 when every input and output has a dynamic first axis, else 0.
     ``model_root`` is where the repository is mounted inside the server container; the plugin
     flag refers to it. ``force`` replaces an existing ``<repo>/<name>``.
+    ``certificate``: a parity certificate (``ln_deploy.deploy.certificate``): it is sealed with the
+    packaged file's hash and written as ``<repo>/<name>/parity.json``; ``max_batch_size`` is capped at
+    its largest verified batch, and a certificate of a failed check is refused unless ``force``.
     """
     model_path = Path(model_path)
     repo = Path(repo)
@@ -198,6 +202,12 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
     if platform == PLAN_PLATFORM and kind == "auto":
         kind = "gpu"
     mbs = _resolve_max_batch(sig, max_batch_size, engine, model_path)
+    if certificate is not None:
+        if not certificate.get("passed") and not force:
+            raise CheckFailedError(f"{model_path}: its parity check failed; not packaged (--force packages it anyway)")
+        verified = certificate.get("max_batch_size")
+        if mbs > 0 and isinstance(verified, int) and verified >= 1:
+            mbs = min(mbs, verified)  # never promise a batch the check did not run
     config = build_config(name, platform, sig, max_batch_size=mbs, instances=instances, kind=kind,
                           batch_window_us=batch_window_us)
     notes = []
@@ -231,6 +241,11 @@ def package_model(model_path: str | os.PathLike, repo: str | os.PathLike, name: 
             shutil.copyfile(model_path.with_name(model_path.name + ".json"), vdir / (DEFAULT_FILENAMES[platform] + ".json"))
             if plugin_path is not None:
                 copy_plugin(plugin_path, vdir)
+        if certificate is not None:
+            from .parity import FILENAME, seal
+
+            sealed = seal(certificate, vdir / DEFAULT_FILENAMES[platform], tmp)
+            (tmp / FILENAME).write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
         try:
             validate_model_dir(tmp, name=name, ort_check=ort_check)
         except CheckFailedError as e:  # name the folder the user asked for, not the temporary
