@@ -223,7 +223,7 @@ def test_model_config_types_round_trip():
 
 
 def test_plugin_dependencies_beside_it_are_copied(tmp_path):
-    """ln_deploy's plugin needs libln_kernels.so through RUNPATH $ORIGIN: it must travel along."""
+    """ln_deploy's plugin is one self-contained library (kernels linked in, issue 17): it travels alone."""
     from ln_deploy.serve.repository import elf_needed
 
     lib = _a_shared_library()
@@ -254,4 +254,4 @@ def test_real_plugin_build_when_present(tmp_path):
     package_model(_engine_with_sidecar(tmp_path), repo, "enc", plugin=plugin)
     manifest = json.loads((repo / "enc" / "1" / "ln_deploy_plugins.json").read_text())
     assert manifest["plugins"] == ["libln_deploy_trt_plugin.so"]
-    assert "libln_kernels.so" in manifest["dependencies"]
+    assert "libln_kernels.so" not in manifest["dependencies"]
