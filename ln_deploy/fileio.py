@@ -23,6 +23,17 @@ from pathlib import Path
 
 from .errors import BadInputError, CheckFailedError
 
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (models and engines can be gigabytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 _umask_lock = threading.Lock()
 
 

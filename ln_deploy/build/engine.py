@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime
-import hashlib
 import json
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError, MissingDependencyError
-from ..fileio import atomic_output, check_output_path, load_onnx
+from ..fileio import atomic_output, check_output_path, load_onnx, sha256_file
 from .profiles import Profile, derive_profile, parse_shape_specs
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -76,14 +75,6 @@ class BuildPlan:
         }
         d.update(extra or {})
         return d
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_plugin_library(path) -> PluginLibrary:

@@ -14,18 +14,11 @@ import os
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..fileio import sha256_file
 
 MANIFEST = "deploy.json"
 FORMAT = "ln_deploy.deploy/1"
 _MAX_BYTES = 4 << 20
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_json(obj) -> str:

@@ -21,13 +21,11 @@ def certificate_hash(cert: dict) -> str:
 
 
 def seal(cert: dict, model_file: Path, model_dir: Path) -> dict:
-    h = hashlib.sha256()
-    with open(model_file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    from ..fileio import sha256_file
+
     out = dict(cert)
     out["model_file"] = Path(model_file).relative_to(model_dir).as_posix()
-    out["model_sha256"] = h.hexdigest()
+    out["model_sha256"] = sha256_file(model_file)
     out["certificate_sha256"] = certificate_hash(out)
     return out
 
