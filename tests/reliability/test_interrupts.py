@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conftest import assert_refused, run_process, snapshot
+from conftest import assert_refused, run_cli, run_process, snapshot
 
 
 @pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
@@ -45,7 +45,6 @@ def test_no_output_is_committed_after_an_interrupt(tmp_path):
 
 
 def test_interrupted_in_process_run_restores_handlers_and_exits_130(models, tmp_path, monkeypatch):
-    from conftest import run_cli
     from ln_deploy import fileio
 
     def interrupted(*a, **k):
