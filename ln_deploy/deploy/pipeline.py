@@ -390,10 +390,10 @@ def _prepare_workdir(workdir: Path) -> Path:
         if any(workdir.iterdir()) and not (workdir / MANIFEST).is_file():
             raise BadInputError(f"WORKDIR {workdir} is not empty and holds no {MANIFEST}: give a new or empty folder")
         return workdir
-    if not workdir.parent.is_dir():
-        raise BadInputError(f"the parent of WORKDIR does not exist: {workdir.parent}")
+    # Missing parents are created (`-o out/model` on a fresh clone), as they are for WORKDIR itself;
+    # a parent that exists as a file is refused by mkdir below.
     try:
-        workdir.mkdir()
+        workdir.mkdir(parents=True)
     except OSError as e:
         raise BadInputError(f"cannot create WORKDIR {workdir}: {e.strerror or type(e).__name__}") from None
     return workdir

@@ -118,7 +118,7 @@ def test_changed_checkpoint_redoes_everything(tmp_path):
     from ln_deploy.spec import load_spec
 
     spec = MODELS["pre_ln_encoder"]
-    work = tmp_path / "work"
+    work = tmp_path / "out" / "work"  # missing parents are created, as on a fresh clone's `-o out/quickstart`
     first = _deploy(spec, "-o", work)
     assert first.returncode == 0, first.stderr
     loaded = load_spec(str(ROOT / spec))
@@ -191,6 +191,14 @@ def test_workdir_of_the_user_is_refused(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "holds no deploy.json" in r.stderr
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
+def test_workdir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("a file, not a folder")
+    r = _deploy(MODELS["pre_ln_encoder"], "-o", tmp_path / "out" / "work")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "cannot create WORKDIR" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def _chromium():
