@@ -221,7 +221,8 @@ def _check(run: DeployRun) -> Outcome:
     engine = run.artifact.get("build")
     report = check_model(run.loaded, str(run.deployed()), engine=str(engine) if engine else None,
                          plugins=[o.plugin] if (engine and o.plugin) else (), precision=o.precision,
-                         report_dir=report_dir, inputs=o.inputs, seed=o.seed, tolerances=tolerances)
+                         report_dir=report_dir, inputs=o.inputs, seed=o.seed, tolerances=tolerances,
+                         max_batch=o.max_batch_size)  # the batch the package will accept is proven, not assumed
     data = report.to_json()
     run.reports["check"] = data
     outcome = Outcome(artifacts=[report_dir / "report.json"], summary={"passed": report.passed},

@@ -62,6 +62,9 @@ def test_deploy_certifies(deployed, name, prec):
     config = (model_dir / "config.pbtxt").read_text()
     batch = int(config.split("max_batch_size:")[1].split()[0])
     assert 1 <= batch <= cert["max_batch_size"]
+    # check verified the batch axis at --max-batch-size (default 8), so the package accepts it
+    assert batch == cert["max_batch_size"] == 8, (batch, cert["max_batch_size"])
+    assert any(s["inputs"] and all(v[0] == 8 for v in s["inputs"].values()) for s in cert["verified_shapes"])
     assert (work / "report.html").is_file() and (work / "deploy.json").is_file()
 
 
