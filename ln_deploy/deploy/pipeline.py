@@ -313,9 +313,9 @@ def deploy(spec: str, workdir, options: DeployOptions | None = None) -> DeployRe
 
     result.report = str(write_report(run, result))
     run.manifest.save()
-    progress.info(f"[deploy] {result.verdict}")
-    progress.info(f"[deploy] report: {result.report}")
     if error is not None:
+        # the CLI prints the error itself; the report is where the stopped run can be read
+        progress.info(f"[deploy] report: {result.report}")
         raise error
     return result
 
