@@ -152,6 +152,10 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
         "ln_deploy.norm_count": str(n_norm),
         "ln_deploy.exporter": used,
     }
+    examples = {n: list(t.shape) for n, t in zip(loaded.input_names, loaded.example_inputs)
+                if n in input_names and hasattr(t, "shape")}
+    if examples:  # sizes the model is known to accept: fuse's safety check feeds these (fuse/verify.py)
+        meta["ln_deploy.example_shapes"] = json.dumps({n: [int(d) for d in s] for n, s in examples.items()})
     if decisions:
         meta["ln_deploy.axes"] = json.dumps([d.to_dict() for d in decisions])
         meta[RANGES_KEY] = json.dumps(_ranges(model, decisions))
@@ -351,8 +355,10 @@ def _export_flat(module, args, params, input_names, output_names, candidates, re
                                       input_names=list(input_names), output_names=list(output_names),
                                       external_data=False)
                     model = onnx.load_model(str(path))
-            _pin_static_dims(model, input_names, args, _labels(decisions))
-            _rename_symbols(model, input_names, _labels(decisions))
+            labels = _distinct_labels(_labels(decisions), args, input_names)
+            _pin_static_dims(model, input_names, args, labels)
+            _rename_symbols(model, input_names, labels)
+            _relabel(decisions, labels)
             return model, "dynamo", decisions
         except AxisContradiction as e:
             log.debug("dynamo refused a requested dynamic axis: %s", e)
@@ -379,6 +385,8 @@ def _export_flat(module, args, params, input_names, output_names, candidates, re
                     else dict(candidates.get(n, {}))) for i, n in enumerate(input_names)}
         decisions = [AxisDecision(n, k, lab, True, "claimed by the legacy exporter; verified across sizes",
                                   n in requested) for n, a in axes.items() for k, lab in a.items()]
+    axes = _distinct_labels(axes, args, input_names)
+    _relabel(decisions, axes)
     try:
         model = _legacy_export(module, args, input_names, output_names, axes, opset)
     except Exception as e:  # noqa: BLE001
@@ -541,6 +549,39 @@ def _verify_claimed_shapes(model, loaded, input_names, output_names, decisions, 
                                                      zip(input_names, loaded.example_inputs)) + ")",
                       "label": "", "size": 0, "max_abs": err, "problem": ""}]
     return max([err] + [r["max_abs"] for r in runs]), runs
+
+
+def _distinct_labels(axes, args, input_names) -> dict[str, dict[int, str]]:
+    """{input: {axis: label}} where axes that share a label but differ in size in the example get
+    their own labels: the example itself shows they are independent (BART's encoder and decoder ids,
+    nn.TransformerDecoder's target and memory). The first input keeps the plain label, the others take
+    ``<label>_<input>``. Axes of equal example size keep one label (an attention mask's batch is the
+    ids' batch even where broadcasting let torch.export keep two symbols)."""
+    sizes: dict[str, dict[int, list]] = {}  # label -> example size -> [(input, axis)]
+    for name, a in axes.items():
+        if name not in input_names:
+            continue
+        t = args[input_names.index(name)]
+        for k, label in a.items():
+            if hasattr(t, "shape") and -t.dim() <= k < t.dim():
+                sizes.setdefault(label, {}).setdefault(int(t.shape[k]), []).append((name, k))
+    out = {n: dict(a) for n, a in axes.items()}
+    taken = {lab for a in axes.values() for lab in a.values()}
+    for label, by_size in sizes.items():
+        for group in list(by_size.values())[1:]:
+            new = label + "_" + re.sub(r"\W", "_", group[0][0])
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            for name, k in group:
+                out[name][k] = new
+    return out
+
+
+def _relabel(decisions, labels) -> None:
+    for d in decisions or []:
+        if d.dynamic and d.axis in labels.get(d.input, {}):
+            d.label = labels[d.input][d.axis]
 
 
 def _rename_symbols(model, input_names, axes) -> None:

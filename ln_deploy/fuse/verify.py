@@ -43,11 +43,60 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(doubl
        "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-def input_sets(sess, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+EXAMPLE_SHAPES_KEY = "ln_deploy.example_shapes"  # written by export: {input: the SPEC's example shape}
+RANGES_KEY = "ln_deploy.dynamic_ranges"  # written by export: {axis label: [min, max or null]}
+FALLBACK_SIZES = (2, 8, 32, 64)  # dynamic sizes tried in turn when the model records none it accepts
+
+
+def _recorded(model) -> tuple[dict, dict]:
+    """The example shapes and the dynamic-axis ranges export recorded in the model (empty if none)."""
+    import json
+
+    meta = {p.key: p.value for p in getattr(model, "metadata_props", [])}
+    out = []
+    for key in (EXAMPLE_SHAPES_KEY, RANGES_KEY):
+        try:
+            v = json.loads(meta.get(key, "{}"))
+        except ValueError:
+            v = {}
+        out.append(v if isinstance(v, dict) else {})
+    return out[0], out[1]
+
+
+def feed_shapes(sess, model=None, fallback: int = 2) -> dict[str, list[int]]:
+    """One concrete shape per input. A dynamic dimension takes the size of the example export recorded
+    (the SPEC's example inputs: a size the model is known to accept; a convnet stem refuses 2x2), else
+    the recorded minimum of its axis when that is above ``fallback``, else ``fallback``."""
+    examples, ranges = _recorded(model) if model is not None else ({}, {})
+    shapes = {}
+    for i in sess.get_inputs():
+        ex = examples.get(i.name)
+        ok = (isinstance(ex, list) and len(ex) == len(i.shape)
+              and all(isinstance(e, int) and e > 0 for e in ex)
+              and all(not (isinstance(d, int) and d > 0) or d == e for d, e in zip(i.shape, ex)))
+        shape = []
+        for k, d in enumerate(i.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif ok:
+                shape.append(ex[k])
+            else:
+                r = ranges.get(d) if isinstance(d, str) else None
+                lo = r[0] if isinstance(r, list) and r and isinstance(r[0], int) else None
+                hi = r[1] if isinstance(r, list) and len(r) > 1 and isinstance(r[1], int) else None
+                size = max(fallback, lo or 0)
+                shape.append(min(size, hi) if hi else size)
+        shapes[i.name] = shape
+    return shapes
+
+
+def input_sets(sess, seed: int = 0, shapes: dict[str, list[int]] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The three input sets at ``shapes`` (``feed_shapes``; default: every dynamic size 2)."""
     rng = np.random.default_rng(seed)
     base, large, const_row = {}, {}, {}
+    shapes = shapes if shapes is not None else feed_shapes(sess)
     for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 2 for d in i.shape]
+        shape = shapes[i.name]
         t = _NP.get(i.type)
         if t is None:
             raise ValueError(f"input {i.name!r} has unsupported type {i.type}")
@@ -102,6 +151,29 @@ def _run(sess, names, feeds, whose: str):
         raise InternalError(f"the fused model fails in ONNX Runtime where the original runs ({_first_line(e)})") from None
 
 
+def _accepted_sets(original, ref_sess, out_names, seed):
+    """Input sets at shapes the original model runs on, and its outputs on the "random" set: the
+    recorded example shapes (or recorded minima), then, for a model that records none it accepts,
+    each of FALLBACK_SIZES for every dynamic dimension. The original refusing them all is bad input."""
+    from ..errors import BadInputError
+
+    tried, first_error = [], None
+    candidates = [feed_shapes(ref_sess, original)] + [feed_shapes(ref_sess, original, n) for n in FALLBACK_SIZES]
+    for shapes in candidates:
+        if shapes in tried:
+            continue
+        tried.append(shapes)
+        try:
+            sets = input_sets(ref_sess, seed, shapes)
+        except ValueError as e:
+            raise BadInputError(f"the safety check cannot feed the input model: {e}; --no-check skips it") from None
+        try:
+            return sets, _run(ref_sess, out_names, sets["random"], "original")
+        except BadInputError as e:
+            first_error = first_error or e
+    raise first_error
+
+
 def compare(original: onnx.ModelProto, fused: onnx.ModelProto, seed: int = 0, *,
             float32_compute: bool = False) -> tuple[list[Mismatch], float]:
     """Mismatches beyond rounding, and the largest relative error seen.
@@ -113,14 +185,9 @@ def compare(original: onnx.ModelProto, fused: onnx.ModelProto, seed: int = 0, *,
     ref_sess, new_sess = _open(original, "original"), _open(fused, "fused")
     out_names = [o.name for o in ref_sess.get_outputs()]
     mismatches, worst = [], 0.0
-    try:
-        sets = input_sets(ref_sess, seed)
-    except ValueError as e:
-        from ..errors import BadInputError
-
-        raise BadInputError(f"the safety check cannot feed the input model: {e}; --no-check skips it") from None
+    sets, ref_first = _accepted_sets(original, ref_sess, out_names, seed)
     for label, feeds in sets.items():
-        ref = _run(ref_sess, out_names, feeds, "original")
+        ref = ref_first if label == "random" else _run(ref_sess, out_names, feeds, "original")
         new = _run(new_sess, out_names, feeds, "fused")
         for name, r, n in zip(out_names, ref, new):
             r, n = np.asarray(r), np.asarray(n)

@@ -41,17 +41,10 @@ SUBSET = {
     "tv_swin": "torchvision, pre-LN windows",
 }
 
-# (model, stage) -> reason, for stages still broken by another area's pending fix (FINDINGS.md).
-_FUSE_TRT = "fuse --target tensorrt: the safety check draws 2x2 spatial inputs a convnet stem cannot take (FINDINGS [fuse], 2026-12-02)"
-_CONVERT = "convert: internal error ImportError '_schema' from convert.precision (FINDINGS [precision-ort], 2026-12-02)"
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    ("hf_convnext", "fuse_trt"): _FUSE_TRT,
-    ("timm_convnext", "fuse_trt"): _FUSE_TRT,
-    ("hf_convnext", "fp16"): _CONVERT,
-    ("hf_convnext", "bf16"): _CONVERT,
-    ("hf_convnext", "check16"): "needs fp16: " + _CONVERT,
-    ("hf_convnext", "package"): "needs fp16: " + _CONVERT,
-}
+# (model, stage) -> reason, for stages still broken by another area's pending fix (FINDINGS.md). Empty:
+# fuse's safety check now feeds the example shapes export records (a convnet stem refuses 2x2), and
+# convert's ImportError on HF ConvNeXt is fixed (those stages XPASSed).
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 
 def _bench():
