@@ -23,7 +23,7 @@ import copy
 import logging
 from pathlib import Path
 
-from ..errors import BadInputError, CheckFailedError
+from ..errors import BadInputError, CheckFailedError, InternalError
 from . import norms as norms_mod
 from .graph import FLOAT, FLOAT16, all_nodes, ensure_node_names, infer_types
 from .measure import absmax, finite_absmax, rel_err
@@ -82,7 +82,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
             fp32 the nodes whose values exceed ``data_max`` (fp16) or whose relative error exceeds
             ``tolerance`` (default 16 unit roundoffs) while their inputs' error is 8x smaller.
 
-    Returns ``(onnx.ModelProto, ConversionReport)``. Raises ``CheckFailedError`` rather than return
+    Returns ``(onnx.ModelProto, ConversionReport)``. Raises ``InternalError`` (exit 3) rather than return
     an ill-typed graph (see ``validate.py``).
     """
     from .emulation import strict_emulation
@@ -188,9 +188,8 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
             except Exception as e:
                 if not type(e).__module__.startswith("onnxruntime"):
                     raise
-                raise CheckFailedError(f"the {precision} candidate (measured check) does not run in ONNX Runtime "
-                                       f"and was not written: {str(e).strip().splitlines()[0][:300]}; "
-                                       "please report this") from None
+                raise InternalError(f"the {precision} candidate (measured check) does not run in ONNX Runtime "
+                                    f"and was not written: {str(e).strip().splitlines()[0][:300]}") from None
             err = {v: rel_err(got[v], ref[v]) for v in got}
             culprits = []
             for node in model.graph.node:
@@ -301,8 +300,8 @@ def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
                     continue
             key = next((k for k, n in planner.nodes.items() if n.name == name), None) if name else None
             if key is None or planner.plan.get(key) != "low":
-                raise CheckFailedError(f"the converted model does not load in ONNX Runtime and was not written: "
-                                       f"{msg.strip().splitlines()[0][:300]}; please report this") from None
+                raise InternalError(f"the converted model does not load in ONNX Runtime and was not written: "
+                                    f"{msg.strip().splitlines()[0][:300]}") from None
             planner.set(key, "fp32", "ONNX Runtime's CPU provider refuses it in the low type")
             converted, rep = build(plan_extra_emulation=False)
     return converted, rep

@@ -17,14 +17,14 @@ session creation. The checks here, in order:
    ln_deploy's plugin nodes are replaced by their reference expansion first, as ``ln-deploy check``
    does (ONNX Runtime also refuses two nodes of the same name, which the checker allows).
 
-Any failure raises ``CheckFailedError`` with one line naming the node and the fix to try.
+Any failure raises ``InternalError`` (exit 3: a conversion bug) with one line naming the node and a workaround.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ..errors import CheckFailedError
+from ..errors import InternalError
 from ..ort import first_line as _first_line
 from ..onnx_graph import TYPE_NAMES, all_nodes, infer_types
 
@@ -44,11 +44,11 @@ def _tname(t: int) -> str:
         return str(t)
 
 
-def _fail(what: str, detail: str, node: str | None = None, source=None) -> CheckFailedError:
+def _fail(what: str, detail: str, node: str | None = None, source=None) -> InternalError:
+    """An ill-typed conversion is ln_deploy's bug, not the user's model: exit 3, nothing written."""
     known = node and source is not None and node in {n.name for n in all_nodes(source.graph)}
-    hint = (f"; keep the node in fp32 with --fp32-node {node}, and please report this" if known
-            else "; please report this")
-    return CheckFailedError(f"{what} failed validation and was not written: {detail}{hint}")
+    hint = f" (keep the node in fp32 with --fp32-node {node} meanwhile)" if known else ""
+    return InternalError(f"{what} failed validation and was not written: {detail}{hint}")
 
 
 def _strict_inference_error(model) -> str | None:
@@ -103,7 +103,7 @@ def ort_load_error(model, allow_missing_kernels: bool) -> tuple[str | None, str]
 
 
 def validate_converted(model, *, source=None, ort: str = "required", what: str = "the converted model") -> None:
-    """Raise ``CheckFailedError`` (one line) unless ``model`` is well typed; see the module docstring.
+    """Raise ``InternalError`` (one line) unless ``model`` is well typed; see the module docstring.
     ``source``: the model before conversion (to tell its own inference errors from new ones)."""
     import onnx
 

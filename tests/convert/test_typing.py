@@ -18,7 +18,7 @@ from ln_deploy.pipeline_steps import convert_model
 from ln_deploy.convert import node_typing as P
 from ln_deploy.onnx_graph import infer_types
 from ln_deploy.convert.validate import check_function_bodies, validate_converted
-from ln_deploy.errors import CheckFailedError
+from ln_deploy.errors import InternalError
 
 RNG = np.random.default_rng(0)
 
@@ -169,7 +169,7 @@ def test_validator_names_the_node_whose_body_rejects_its_types():
     m.graph.node.insert(3, helper.make_node("Cast", ["n16"], ["n"], to=TensorProto.FLOAT, name="c2"))
     assert check_function_bodies(m) == ("rms", "node 'rms' (RMSNormalization) gets inputs (fp16, fp32) "
                                                "its ONNX function body rejects")
-    with pytest.raises(CheckFailedError, match="RMSNormalization") as e:
+    with pytest.raises(InternalError, match="RMSNormalization") as e:
         validate_converted(m, source=rms_model())
     assert len(str(e.value).splitlines()) == 1 and "--fp32-node rms" in str(e.value)
     validate_converted(rms_model())  # the fp32 model is fine
@@ -178,7 +178,7 @@ def test_validator_names_the_node_whose_body_rejects_its_types():
 def test_validator_refuses_duplicate_node_names():
     m = rms_model()
     m.graph.node[2].name = "rms"
-    with pytest.raises(CheckFailedError, match="two nodes with same node name"):
+    with pytest.raises(InternalError, match="two nodes with same node name"):
         validate_converted(m)
 
 
@@ -186,9 +186,10 @@ def test_validator_refuses_duplicate_node_names():
 @pytest.mark.parametrize("measure", [True, False])
 def test_ill_typed_conversion_is_refused(monkeypatch, measure, precision):
     """With the old typing rule back (X left fp32 from the Exp, scale low), the conversion must raise
-    a one-line CheckFailedError rather than return (or let ORT throw on) an ill-typed graph."""
+    a one-line InternalError (ln_deploy's bug: exit 3) rather than return (or let ORT throw on) an
+    ill-typed graph."""
     monkeypatch.setattr(P.Typer, "_agnostic", _old_agnostic)
-    with pytest.raises(CheckFailedError) as e:
+    with pytest.raises(InternalError) as e:
         convert_model(rms_model("Exp"), precision, target="tensorrt", measure=measure,
                       calibration={"x": np.ones((8, 8), np.float32)})
     assert len(str(e.value).splitlines()) == 1 and "not written" in str(e.value)
@@ -202,5 +203,6 @@ def test_cli_refuses_ill_typed_conversion_and_writes_nothing(monkeypatch, tmp_pa
     onnx.save(rms_model("Exp"), src)
     rc = main(["-q", "convert", str(src), "-o", str(out), "--precision", "bf16", "--target", "tensorrt"])
     err = capsys.readouterr().err
-    assert rc == 1 and len(err.strip().splitlines()) == 1 and "failed validation" in err, err
+    assert rc == 3 and len(err.strip().splitlines()) == 1 and "failed validation" in err, err
+    assert "please report this" in err, err
     assert not out.exists()
