@@ -58,7 +58,7 @@ class SessionConfig:
     level: str = "all"
     threads: int = 0  # intra-op threads; 0 = ORT's default
     disabled_optimizers: tuple[str, ...] = ()
-    log_level: int = 3  # 0 verbose .. 4 fatal
+    log_level: int = 4  # 0 verbose .. 4 fatal; 4: ORT's own error lines stay off stderr (its exception carries them)
     provider: str = "CPUExecutionProvider"
     spinning: bool = True  # False for servers: ORT's spinning pool threads steal the event loop's cores
 
