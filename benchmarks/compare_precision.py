@@ -456,6 +456,7 @@ def main(argv=None) -> int:
                 "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions(),
                 "modelopt": modelopt_version(a.modelopt_python), "seconds": elapsed}
         out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         out.with_suffix(".md").write_text(f"{json.dumps(meta)}\n\n{md}\n\n" + "\n".join(v) + "\n")
     return 0
