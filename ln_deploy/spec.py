@@ -358,6 +358,9 @@ def load_checkpoint(model, path: str | os.PathLike) -> None:
             raise BadInputError(f"checkpoint {p} needs arbitrary unpickling (refused: it could run code); "
                                 f"save a state_dict or use safetensors" + (f" ({why[:160]})" if why else "")) from None
         except Exception as e:
+            if p.stat().st_size and not _looks_like_torch_save(p):  # torch's own error is a bare KeyError number
+                raise BadInputError(f"checkpoint {p} cannot be read: not a torch.save file (neither a zip archive "
+                                    f"nor a pickle); give a torch.save state_dict or a .safetensors file") from None
             raise BadInputError(f"checkpoint {p} cannot be read: {type(e).__name__}: {_one_line(e)[:200]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -372,3 +375,12 @@ def load_checkpoint(model, path: str | os.PathLike) -> None:
 def _one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (since 1.6) or, legacy, a pickle (protocol 2+ starts with 0x80)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return head == b"\x80" or zipfile.is_zipfile(path)

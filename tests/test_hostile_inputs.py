@@ -198,6 +198,7 @@ def fx(tmp_path_factory) -> Path:
     save_file({"ln.weight": torch.ones(9), "ln.bias": torch.zeros(9)}, str(d / "wrong_shapes.safetensors"))
     (d / "garbage.safetensors").write_bytes(np.random.default_rng(1).bytes(200))
     (d / "empty.pt").write_bytes(b"")
+    (d / "text.pt").write_text("junk\n")
     torch.save([1, 2, 3], d / "list.pt")
 
     arr = np.ones((2, 4, 8), np.float32)
@@ -460,6 +461,7 @@ BAD_CHECKPOINTS = {
     "wrong shapes (safetensors)": ("wrong_shapes.safetensors", "does not match the model"),
     "garbage safetensors": ("garbage.safetensors", "not a valid safetensors file"),
     "empty .pt": ("empty.pt", "cannot be read"),
+    "text file as .pt": ("text.pt", "not a torch.save file"),
     "not a state_dict": ("list.pt", "does not hold a state_dict"),
     "missing": ("nope.pt", "checkpoint not found"),
 }
