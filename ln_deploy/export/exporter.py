@@ -155,7 +155,9 @@ def _export_model(spec, out, checkpoint, opset, rnn_mode, dynamic_axes, verify, 
     examples = {n: list(t.shape) for n, t in zip(loaded.input_names, loaded.example_inputs)
                 if n in input_names and hasattr(t, "shape")}
     if examples:  # sizes the model is known to accept: fuse's safety check feeds these (fuse/verify.py)
-        meta["ln_deploy.example_shapes"] = json.dumps({n: [int(d) for d in s] for n, s in examples.items()})
+        from ..onnx_graph import META_EXAMPLE_SHAPES
+
+        meta[META_EXAMPLE_SHAPES] = json.dumps({n: [int(d) for d in s] for n, s in examples.items()})
     if decisions:
         meta["ln_deploy.axes"] = json.dumps([d.to_dict() for d in decisions])
         meta[RANGES_KEY] = json.dumps(_ranges(model, decisions))

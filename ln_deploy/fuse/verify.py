@@ -43,8 +43,6 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(doubl
        "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-EXAMPLE_SHAPES_KEY = "ln_deploy.example_shapes"  # written by export: {input: the SPEC's example shape}
-RANGES_KEY = "ln_deploy.dynamic_ranges"  # written by export: {axis label: [min, max or null]}
 FALLBACK_SIZES = (2, 8, 32, 64)  # dynamic sizes tried in turn when the model records none it accepts
 
 
@@ -52,9 +50,11 @@ def _recorded(model) -> tuple[dict, dict]:
     """The example shapes and the dynamic-axis ranges export recorded in the model (empty if none)."""
     import json
 
+    from ..onnx_graph import META_DYNAMIC_RANGES, META_EXAMPLE_SHAPES  # written by export
+
     meta = {p.key: p.value for p in getattr(model, "metadata_props", [])}
     out = []
-    for key in (EXAMPLE_SHAPES_KEY, RANGES_KEY):
+    for key in (META_EXAMPLE_SHAPES, META_DYNAMIC_RANGES):
         try:
             v = json.loads(meta.get(key, "{}"))
         except ValueError:
