@@ -218,3 +218,27 @@ def test_connection_closed_mid_body(shared_server):
     # The client is gone; whatever uvicorn answers (a 4xx or nothing), it is never a success.
     assert not resp.startswith(b"HTTP/1.1 2")
     _assert_still_serving(shared_server)
+
+
+def test_a_header_seen_before_still_has_its_binary_data_checked(shared_server):
+    """The parser reuses what an all-binary request's header parsed to when the same header comes
+    again: the binary data must still be read afresh and its size checked against that header."""
+    rng = np.random.default_rng(3)
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 8, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 2048}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    hdr = {"Inference-Header-Content-Length": str(len(header))}
+    for _ in range(3):  # the same header, new data each time: each answer is that data's answer
+        x = rng.standard_normal((1, 8, 64)).astype(np.float32)
+        status, body = _post(shared_server, INFER, header + x.tobytes(), hdr)
+        assert status == 200, body[:200]
+        n = int(json.loads(body[:body.index(b"}]}") + 3])["outputs"][0]["parameters"]["binary_data_size"])
+        y = np.frombuffer(body[-n:], np.float32).reshape(1, 8, 64)
+        status, ref = _post(shared_server, INFER, _json_body([_x([1, 8, 64], data=x.ravel().tolist())]))
+        assert status == 200
+        assert np.allclose(y, np.array(json.loads(ref)["outputs"][0]["data"], np.float32).reshape(1, 8, 64),
+                           atol=1e-5)
+    for actual, message in ((b"\0" * 1000, "truncated"), (b"\0" * 2100, "52 bytes of binary data")):
+        status, body = _post(shared_server, INFER, header + actual, hdr)
+        assert status == 400 and message in json.loads(body)["error"]
+    _assert_still_serving(shared_server)
