@@ -20,12 +20,19 @@ def fuser():
     return fuse_model
 
 
-def convert_model(model_or_path, precision: str = "fp16", *, fuse: bool = True, **options):
+def convert_model(model_or_path, precision: str | None = None, *, options=None, **kwargs):
     """``ln_deploy.convert.precision.convert_model`` with decomposed normalizations fused first by
-    ``ln_deploy.fuse`` (``fuse=False``: not). Same arguments and return value."""
+    ``ln_deploy.fuse`` (unless ``fuse=False``, or another ``fuser`` is given). Same arguments
+    (``options``: a ``ConvertOptions``; keywords: its fields) and return value."""
+    from dataclasses import replace
+
+    from .convert.options import ConvertOptions
     from .convert.precision import convert_model as convert
 
-    return convert(model_or_path, precision, fuse=fuse, fuser=fuser() if fuse else None, **options)
+    opts = ConvertOptions.from_call(options, precision, kwargs)
+    if opts.fuse and opts.fuser is None:
+        opts = replace(opts, fuser=fuser())
+    return convert(model_or_path, options=opts)
 
 
 def build_engine(model_path, output, **options) -> dict:

@@ -30,6 +30,7 @@ from .measure import absmax, finite_absmax, rel_err
 from .node_typing import (DATA_MOVEMENT_OPS, DEFAULT_FP32_OPS, FP16_MAX, PRECISIONS, SUBGRAPH_OPS,  # noqa: F401
                           TARGETS, UNIT_ROUNDOFF, Typer, function_body_types, is_plugin, schema_of)
 from .planning import Planner, break_norm_fusion
+from .options import ConvertOptions
 from .report import ConversionReport, fill_report
 from .rewrite import Rewriter, decompose_fused_norms, finish_model, set_int_attr  # noqa: F401
 
@@ -54,43 +55,45 @@ def check_precision(precision: str) -> int:
     return PRECISIONS[precision]
 
 
-def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool = True,
-                  fp32_ops=DEFAULT_FP32_OPS, fp32_nodes=(), calibration=None, spec: str | None = None,
-                  force_norm_fp16: bool = False, target: str = "ort-cpu", measure: bool = True,
-                  data_max: float = FP16_MAX / 4, tolerance: float | None = None, max_rounds: int = 4,
-                  fuse: bool = True, fuser=None):
+def convert_model(model_or_path, precision: str | None = None, *, options: ConvertOptions | None = None,
+                  **kwargs):
     """Convert an fp32 ONNX model to fp16/bf16 with fp32 normalization statistics.
 
     Args:
         model_or_path: an ``onnx.ModelProto`` (not modified) or a path (loaded as untrusted).
-        precision: "fp16" or "bf16".
-        keep_io_types: graph inputs and outputs keep their fp32 type (Casts at the edges).
-        fp32_ops / fp32_nodes: op types / node names always kept in fp32.
-        calibration: inputs for the measured check: a ``.npz`` path, a dict name → array, or None
-            (the spec's example inputs when ``spec`` is given, else seeded random inputs).
-        force_norm_fp16: compute every normalization's statistics in fp16 (fused norms are
-            decomposed into primitive ops): the failure demonstration, never for deployment.
-        target: "ort-cpu" (default: the typed graph ONNX Runtime runs; nodes its CPU provider has
-            no low-precision kernel for run in fp32) or "tensorrt" (the pure typed graph). Either
-            way the measured error is the strict one (``ln_deploy.lowp_emulation``).
-        fuse, fuser: fuse decomposed normalizations first with ``fuser`` (to LayerNormalization with
-            fp32 statistics); what cannot be fused stays decomposed and in fp32. ``fuser`` is called as
-            ``fuse_model(model, target="onnx", opset=..., verify=True)``; the convert stage does not
-            import the fuse stage, so callers pass it (``ln_deploy.pipeline_steps.convert_model``
-            passes ``ln_deploy.fuse.fuse_model``; None = no fusion).
-        measure: run the fp32 model and the candidate in ORT on the calibration inputs; keep in
-            fp32 the nodes whose values exceed ``data_max`` (fp16) or whose relative error exceeds
-            ``tolerance`` (default 16 unit roundoffs) while their inputs' error is 8x smaller.
+        precision: "fp16" or "bf16" (None: the options', fp16 by default).
+        options: a ``ConvertOptions`` (every setting; see its docstring), or None.
+        **kwargs: ``ConvertOptions`` fields, applied over ``options``:
+            keep_io_types: graph inputs and outputs keep their fp32 type (Casts at the edges).
+            fp32_ops / fp32_nodes: op types / node names always kept in fp32.
+            calibration: inputs for the measured check: a ``.npz`` path, a dict name → array, or None
+                (the spec's example inputs when ``spec`` is given, else seeded random inputs).
+            force_norm_fp16: compute every normalization's statistics in fp16 (fused norms are
+                decomposed into primitive ops): the failure demonstration, never for deployment.
+            target: "ort-cpu" (default: the typed graph ONNX Runtime runs; nodes its CPU provider has
+                no low-precision kernel for run in fp32) or "tensorrt" (the pure typed graph). Either
+                way the measured error is the strict one (``ln_deploy.lowp_emulation``).
+            fuse, fuser: fuse decomposed normalizations first with ``fuser`` (to LayerNormalization with
+                fp32 statistics); what cannot be fused stays decomposed and in fp32. ``fuser`` is called as
+                ``fuse_model(model, target="onnx", opset=..., verify=True)``; the convert stage does not
+                import the fuse stage, so callers pass it (``ln_deploy.pipeline_steps.convert_model``
+                passes ``ln_deploy.fuse.fuse_model``; None = no fusion).
+            measure: run the fp32 model and the candidate in ORT on the calibration inputs; keep in
+                fp32 the nodes whose values exceed ``data_max`` (fp16) or whose relative error exceeds
+                ``tolerance`` (default 16 unit roundoffs) while their inputs' error is 8x smaller, for at
+                most ``max_rounds`` rounds.
 
-    Returns ``(onnx.ModelProto, ConversionReport)``. Raises ``InternalError`` (exit 3) rather than return
-    an ill-typed graph (see ``validate.py``).
+    Returns ``(onnx.ModelProto, ConversionReport)``. Raises ``BadInputError`` for bad options or input, and
+    ``InternalError`` (exit 3) rather than return an ill-typed graph (see ``validate.py``).
     """
+    opts = ConvertOptions.from_call(options, precision, kwargs)
+    precision, keep_io_types, target, force_norm_fp16 = (opts.precision, opts.keep_io_types, opts.target,
+                                                         opts.force_norm_fp16)
+    fp32_nodes, measure = opts.fp32_nodes, opts.measure
     from .emulation import strict_emulation
     from .validate import validate_converted
 
-    low = check_precision(precision)
-    if target not in TARGETS:
-        raise BadInputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    low = PRECISIONS[precision]
     model = _load(model_or_path)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else "the input model"
     report = ConversionReport(precision, keep_io_types, target, force_norm_fp16)
@@ -109,8 +112,8 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         report.notes.append("subgraph bodies (Scan/Loop/If) are converted by policy only; "
                             "the measured check sees the main graph")
 
-    if fuse and not force_norm_fp16:
-        model = _fuse_first(model, report, fuser)
+    if opts.fuse and not force_norm_fp16:
+        model = _fuse_first(model, report, opts.fuser)
         # fusing may have raised the opset (RMSNormalization is opset 23)
         opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
         main_opset = opsets.get("", 0)
@@ -125,8 +128,7 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
 
     orig = infer_types(model)
     typer = Typer(low, opsets, orig)
-    opts = {"fp32_ops": tuple(fp32_ops or ()), "fp32_nodes": tuple(fp32_nodes or ())}
-    planner = Planner(model, typer, opts, report)
+    planner = Planner(model, typer, {"fp32_ops": opts.fp32_ops, "fp32_nodes": opts.fp32_nodes}, report)
     sites = norms_mod.find_normalizations(model.graph, model=model)
     if force_norm_fp16:
         planner.forced_low = set(forced) | {n for s in sites if s.form == "decomposed" for n in s.nodes}
@@ -142,23 +144,14 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
         else:
             from .calibration import load_calibration
 
-            feeds = load_calibration(calibration, model, spec=spec)
+            feeds = load_calibration(opts.calibration, model, spec=opts.spec)
 
-    def build(plan_extra_emulation=True, emulate=None):
-        """The converted model for the current plan. Candidates measured in ORT are always emulated
-        (faithful rounding); the final model only for target ort-cpu."""
+    def build(plan):
+        """The converted model for ``plan`` (node key -> low | fp32 | emulate): a new model and report,
+        nothing else changed (``model``, the planner and ``plan`` are only read)."""
         m = copy.deepcopy(model)
         rep = ConversionReport(precision, keep_io_types, target, force_norm_fp16)
-        emulate = (target == "ort-cpu") if emulate is None else emulate
-        saved = dict(planner.plan)
-        if emulate and plan_extra_emulation:
-            planner.emulation(m.graph)
-        elif not emulate:
-            planner.plan.update({k: "low" for k, v in planner.plan.items() if v == "emulate"})
-        Rewriter(typer, planner.plan, rep, target).rewrite(m.graph, "", keep_io_types)
-        if not emulate:
-            planner.plan.clear()
-            planner.plan.update(saved)
+        Rewriter(typer, dict(plan), rep, target).rewrite(m.graph, "", keep_io_types)
         return m, rep
 
     measured = {"rounds": 0, "range_fp32": [], "error_fp32": []}
@@ -172,14 +165,15 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
                 key = node.name
                 vals = [v for v in list(node.input) + list(node.output) if v in ref]
                 peak = max((finite_absmax(ref[v]) for v in vals), default=0.0)
-                if peak > data_max and planner.plan.get(key) == "low" and key not in planner.forced_low:
-                    planner.set(key, "fp32", f"measured: |value| up to {peak:.4g} > data_max {data_max:.4g}")
+                if peak > opts.data_max and planner.plan.get(key) == "low" and key not in planner.forced_low:
+                    planner.set(key, "fp32", f"measured: |value| up to {peak:.4g} > data_max {opts.data_max:.4g}")
                     measured["range_fp32"].append(key)
         u = UNIT_ROUNDOFF[low]
-        tol = tolerance if tolerance is not None else 16 * u
+        tol = opts.tolerance if opts.tolerance is not None else 16 * u
         prod = {o: n for n in model.graph.node for o in n.output}
-        for rnd in range(max_rounds):
-            typed, _ = build(emulate=False)
+        for rnd in range(opts.max_rounds):
+            # candidates are measured as the pure typed graph, whatever the target
+            typed, _ = build(typed_plan(planner.plan))
             validate_converted(typed, source=model, ort="skip", what=f"the {precision} candidate (measured check)")
             # measured as a strongly typed engine computes it: every op rounded to its declared type
             cand = strict_emulation(typed)
@@ -219,10 +213,15 @@ def convert_model(model_or_path, precision: str = "fp16", *, keep_io_types: bool
                 break
         measured["tolerance"] = tol
 
-    converted, rep = build()
+    if target == "ort-cpu":
+        # the CPU provider's kernels decide the last part of the plan: a planning step, before the rewrite
+        planner.plan, planner.reason = cpu_plan(planner, model.graph)
+        converted, rep = build(planner.plan)
+    else:
+        converted, rep = build(typed_plan(planner.plan))
     validate_converted(converted, source=model, ort="skip", what=f"the converted {precision} model")
     if target == "ort-cpu":
-        converted, rep = _ensure_runs_on_cpu(converted, model, planner, typer, rep, build)
+        converted, rep = _ensure_runs_on_cpu(converted, model, planner, typer, rep, lambda: build(planner.plan))
     rep.notes = report.notes + rep.notes
     rep.measured = measured
     fill_report(rep, model, planner, sites, force_norm_fp16, low)
@@ -277,8 +276,25 @@ def _fuse_first(model, report, fuser):
     return model
 
 
+def typed_plan(plan: dict) -> dict:
+    """The plan of the pure typed graph (TensorRT, and every measured candidate): a new dict in which
+    each ``emulate`` node is ``low``."""
+    return {k: ("low" if v == "emulate" else v) for k, v in plan.items()}
+
+
+def cpu_plan(planner, graph) -> tuple[dict, dict]:
+    """(plan, reasons) for the ort-cpu target: the planner's decisions with ``Planner.emulation`` applied
+    (nodes ONNX Runtime's CPU provider has no low-precision kernel for go fp32, plugin nodes are
+    emulated), as new dicts; ``planner`` is not changed."""
+    scratch = copy.copy(planner)  # shares the read-only parts (model, typer, nodes, forced_low)
+    scratch.plan, scratch.reason = dict(planner.plan), dict(planner.reason)
+    scratch.emulation(graph)
+    return scratch.plan, scratch.reason
+
+
 def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
-    """Backstop for the per-node probe: emulate any node the CPU session still refuses."""
+    """Backstop for the per-node probe: emulate any node the CPU session still refuses. ``build()``
+    rewrites the model to the planner's current plan."""
     from ..ort import SessionConfig, open_session, parse_error
 
     if any(is_plugin(n) for n in all_nodes(converted.graph)):
@@ -296,12 +312,12 @@ def _ensure_runs_on_cpu(converted, model, planner, typer, rep, build):
                 # ORT's own LayerNormFusion fuses a decomposed fp32 norm together with the Cast that
                 # feeds it and then rejects its own mixed-type node: feed the chain an fp32 tensor.
                 if break_norm_fusion(name.split("/")[0], model, planner):
-                    converted, rep = build(plan_extra_emulation=False)
+                    converted, rep = build()
                     continue
             key = next((k for k, n in planner.nodes.items() if n.name == name), None) if name else None
             if key is None or planner.plan.get(key) != "low":
                 raise InternalError(f"the converted model does not load in ONNX Runtime and was not written: "
                                     f"{msg.strip().splitlines()[0][:300]}") from None
             planner.set(key, "fp32", "ONNX Runtime's CPU provider refuses it in the low type")
-            converted, rep = build(plan_extra_emulation=False)
+            converted, rep = build()
     return converted, rep
