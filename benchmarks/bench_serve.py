@@ -31,7 +31,8 @@ short rounds make a stable one more likely than one long before/after pair.
 
 ``--baseline-rev REV`` also serves the small model with the server modules as of git revision REV
 (``ln_deploy/serve/{app,batcher,protocol,server,cli}.py``; the rest of the tree as it is), with
-``httptools`` hidden when ``--baseline-h11`` is given (the parser REV's environment had), so the
+``httptools`` and ``uvloop`` hidden when ``--baseline-h11`` is given (REV's environment had neither, so
+uvicorn parsed with h11 and ran asyncio's loop), so the
 overhead before and after a change is measured in the same run.
 
 Bounded: loopback only, ``--duration`` seconds of load plus a hard deadline, at most
@@ -145,7 +146,8 @@ def start_server(onnx_path: Path, args, threads: int, spin: bool, max_queue: int
     if tree is None:
         serve_args += ["--spin", "on" if spin else "off"]
     src = tree or ROOT
-    boot = ("import sys\n" + ("sys.modules['httptools'] = None\n" if hide_httptools else "")
+    hidden = "sys.modules['httptools'] = None\nsys.modules['uvloop'] = None\n" if hide_httptools else ""
+    boot = ("import sys\n" + hidden
             + f"sys.path.insert(0, {str(src)!r})\nfrom ln_deploy.cli import main\nsys.exit(main({serve_args!r}))")
     proc = subprocess.Popen([sys.executable, "-c", boot], stderr=subprocess.PIPE, text=True, cwd=src)
     deadline, port, lines = time.time() + 180, None, []
@@ -471,7 +473,8 @@ def main(argv=None) -> int:
     ap.add_argument("--spin", choices=("on", "off"), default="off", help="spinning of the default configuration")
     ap.add_argument("--baseline-rev", default=None, help="also serve the small model with the server modules of "
                                                          "this git revision")
-    ap.add_argument("--baseline-h11", action="store_true", help="hide httptools from the baseline server")
+    ap.add_argument("--baseline-h11", action="store_true", help="hide httptools and uvloop from the baseline server (REV's environment had neither: "
+                         "uvicorn then parses with h11 and loops on asyncio)")
     ap.add_argument("--clients", type=int, default=0, help="concurrent clients (default: 32 small, 16 large)")
     ap.add_argument("--client-processes", type=int, default=2, help="client processes sharing --clients")
     ap.add_argument("--duration", type=float, default=6.0, help="seconds of load per round (twice that for large)")
