@@ -192,9 +192,7 @@ def parse_infer_request(body, header_length: str | None, model: ServedModel) -> 
             if offset + size > len(binary):
                 _fail(f"input '{name}': the body is truncated (binary data ends at byte {len(binary)}, "
                       f"this input needs bytes {offset}..{offset + size})")
-            arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
-            if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
-                _fail(f"input '{name}': BOOL binary data must be bytes 0 or 1")
+            arr = _binary_input(binary, name, dtype, shape, count, offset)
             planned.append((name, dtype, tuple(shape), count, offset))
             offset += size
         else:
@@ -255,11 +253,16 @@ def _planned(plan: _Plan, binary) -> InferRequest:
     """A request whose header was parsed before: only the binary data is new."""
     feeds = {}
     for name, dtype, shape, count, offset in plan.inputs:
-        arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
-        if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
-            _fail(f"input '{name}': BOOL binary data must be bytes 0 or 1")
-        feeds[name] = arr
+        feeds[name] = _binary_input(binary, name, dtype, shape, count, offset)
     return InferRequest(plan.id, feeds, plan.batch, list(plan.outputs))
+
+
+def _binary_input(binary, name: str, dtype, shape, count: int, offset: int):
+    """A view of the body (no copy); BOOL bytes must be 0 or 1."""
+    arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+    if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
+        _fail(f"input '{name}': BOOL binary data must be bytes 0 or 1")
+    return arr
 
 
 def _check_shape(name: str, shape: list, model_shape: tuple, model: ServedModel) -> None:
