@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(parser, args) -> int:
     try:
         _refuse_empty_values(parser, args)
+        from . import cli_args
+
+        cli_args.apply(args)  # the shared options' deferred checks (one-line errors), see cli_args
         _refuse_outputs_over_inputs(parser, args)
         return int(args._run(args) or 0)
     except LnDeployError as e:

@@ -356,7 +356,7 @@ def test_hostile_npz_inputs(fx, tmp_path, untouched, command, case):
     name, needle = BAD_NPZ[case]
     npz = fx / name
     argv = {"convert": ["convert", fx / "good.onnx", "-o", tmp_path / "o.onnx", "--precision", "fp16",
-                        "--calibration", npz],
+                        "--inputs", npz],
             "advise": ["advise", fx / "good.onnx", "--inputs", npz],
             "check": ["check", f"{fx}/tiny.py:good", "--onnx", fx / "good.onnx", "--inputs", npz,
                       "--report-dir", tmp_path / "rep"]}[command]

@@ -10,14 +10,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model (exported, fused and/or converted)")
     p.add_argument("-o", "--output", required=True, metavar="ENGINE.plan",
                    help="the engine file; its JSON sidecar goes to ENGINE.plan.json")
-    p.add_argument("--plugin", action="append", default=[], metavar="LIB.so",
-                   help="TensorRT plugin library to load before parsing (repeatable)")
+    from ..cli_args import add_plugin, add_precision
+
+    add_plugin(p, "loaded before parsing the model")
     p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:MIN/OPT/MAX",
                    help="optimization profile of an input, e.g. x:1x8x64/8x128x64/32x512x64 "
                         "(default: from the model's dynamic axes)")
     p.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache to read and update")
-    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the graph's own); an fp32 graph is "
-                                       "converted first (fp32 normalization statistics)")
+    add_precision(p, ("fp32", "fp16", "bf16"), "the engine's precision (default: the graph's own); an fp32 "
+                  "graph is converted first (fp32 normalization statistics)")
     p.add_argument("--typing", default="strong", help="strong (default) or weak (TensorRT 10 builder flags)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the inputs and print the build plan (profiles, plugins) without TensorRT")

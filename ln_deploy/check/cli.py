@@ -12,22 +12,19 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="weights for SPEC (.safetensors or a state_dict)")
     p.add_argument("--engine", metavar="ENGINE.plan",
                    help="a TensorRT engine built from the ONNX model (run where TensorRT and a GPU are present)")
-    p.add_argument("--plugins", nargs="+", default=[], metavar="LIB.so",
-                   help="plugin libraries to load before deserializing the engine")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="the deployed model's precision, selecting the tolerance profile (default: read from "
-                        "the model's initializers); the reference is always PyTorch fp32")
-    p.add_argument("--report-dir", metavar="DIR", help="write report.json, report.md, error plots and run_results.json")
-    p.add_argument("--inputs", metavar="FILE.npz",
-                   help="real inputs: one array per input name (or NAME__0, NAME__1... for several feeds); "
-                        "default: the SPEC's example inputs and one seeded random batch")
+    from ..cli_args import add_inputs, add_plugin, add_precision, add_report_dir, add_tolerances
+
+    add_plugin(p, "loaded before deserializing the engine", deprecated=("--plugins",))
+    add_precision(p, ("auto", "fp32", "fp16", "bf16"), "the deployed model's precision, selecting the tolerance "
+                  "profile (default auto: read from the model's initializers); the reference is always "
+                  "PyTorch fp32", default="auto")
+    add_report_dir(p, "report.json, report.md, error plots and run_results.json")
+    add_inputs(p, "NAME__0, NAME__1... for several feeds; default: the SPEC's example inputs and one seeded "
+                  "random batch")
     p.add_argument("--input-source", choices=["both", "example", "random"], default="both",
                    help="without --inputs: which generated inputs to use (default: both)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    p.add_argument("--atol", action="append", default=[], metavar="[OUTPUT=]VALUE",
-                   help="absolute tolerance, for every output or one named output (repeatable)")
-    p.add_argument("--rtol", action="append", default=[], metavar="[OUTPUT=]VALUE",
-                   help="relative tolerance, for every output or one named output (repeatable)")
+    add_tolerances(p, "overrides the precision profile's")
     p.add_argument("--batch-size", type=int, default=4, help="batch of the batch-independence check (default 4)")
     p.add_argument("--no-localise", action="store_true", help="skip per-normalization localisation")
     p.add_argument("--no-invariance", action="store_true", help="skip the invariance checks")
@@ -42,19 +39,14 @@ def run(args) -> int:
 
     from ..errors import BadInputError
     from .api import check_model
-    from .tolerances import parse_overrides
 
     if args.seed < 0:
         raise BadInputError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None and args.threads < 0:
         raise BadInputError(f"--threads must be >= 0, got {args.threads}")
-    tolerances = {}
-    if args.atol:
-        tolerances["atol"] = parse_overrides(args.atol, "atol")
-    if args.rtol:
-        tolerances["rtol"] = parse_overrides(args.rtol, "rtol")
+    tolerances = {k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v}  # parsed by cli_args
     inputs = args.inputs or (None if args.input_source == "both" else args.input_source)
-    report = check_model(args.spec, args.onnx, checkpoint=args.checkpoint, engine=args.engine, plugins=args.plugins,
+    report = check_model(args.spec, args.onnx, checkpoint=args.checkpoint, engine=args.engine, plugins=args.plugin,
                          precision=args.precision, report_dir=args.report_dir, inputs=inputs, seed=args.seed,
                          tolerances=tolerances or None, localise=not args.no_localise,
                          invariance=not args.no_invariance, batch_size=args.batch_size, threads=args.threads,

@@ -78,20 +78,11 @@ def default_profile(precision: str) -> ToleranceProfile:
 
 
 def parse_overrides(items, what: str) -> dict[str, float]:
-    """``["1e-3", "output_1=5e-3"]`` → ``{"": 1e-3, "output_1": 5e-3}`` (``""`` = every output)."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        name, sep, value = str(item).rpartition("=")
-        if not sep:
-            name, value = "", item
-        try:
-            v = float(value)
-        except ValueError:
-            raise BadInputError(f"--{what} {item!r}: expected VALUE or OUTPUT=VALUE with a number") from None
-        if not math.isfinite(v) or v < 0:
-            raise BadInputError(f"--{what} {item!r}: tolerance must be a finite number >= 0")
-        out[name.strip()] = v
-    return out
+    """``["1e-3", "output_1=5e-3"]`` → ``{"": 1e-3, "output_1": 5e-3}`` (``""`` = every output): the
+    shared ``--atol``/``--rtol`` syntax of every subcommand (``ln_deploy.cli_args.parse_tolerances``)."""
+    from ..cli_args import parse_tolerances
+
+    return parse_tolerances(items, what)
 
 
 def make_profile(precision: str, tolerances: dict | None = None) -> ToleranceProfile:

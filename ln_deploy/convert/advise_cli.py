@@ -8,14 +8,16 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the fp32 ONNX model")
+    from ..cli_args import add_inputs, add_precision, add_report
+
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--inputs", metavar="FILE.npz", help="calibration inputs (one array per input name)")
+    add_inputs(p, "calibration (default: random)", group=src)
     src.add_argument("--spec", metavar="SPEC", help="use this model spec's example inputs")
     p.add_argument("--scale", type=float, default=1.0, help="multiply float calibration inputs by this (default 1)")
-    p.add_argument("--precision", default="fp16", help="the conversion to judge: fp16 (default) or bf16")
+    add_precision(p, ("fp16", "bf16"), "the conversion to judge (default fp16)", default="fp16")
     p.add_argument("--force-norm-fp16", action="store_true",
                    help="judge a conversion that computes normalization statistics in fp16")
-    p.add_argument("--report", metavar="R.json", help="write the advice (JSON) here")
+    add_report(p, "advice")
     p.add_argument("--fail-on-overflow", action="store_true",
                    help="exit 1 when a normalization would overflow under the judged conversion")
 
@@ -24,9 +26,7 @@ def run(args) -> int:
     from .. import progress
     from ..fileio import check_output_path, write_text_atomic
     from .advisor import advise
-    from .precision import check_precision
 
-    check_precision(args.precision)
     if args.report:
         check_output_path(args.report)
     with progress.step(f"measuring normalization inputs of {args.model}"):

@@ -15,9 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="WORKDIR",
                    help="work folder for every stage's artifact and report (created; reused by a second run)")
     p.add_argument("--name", help="the model's name in the repository (default: the SPEC's NAME)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="deployed precision (default fp32)")
-    p.add_argument("--target", default="onnx", choices=("onnx", "tensorrt"),
-                   help="onnx (ONNX Runtime, default) or tensorrt (plugin ops and an engine where TensorRT is present)")
+    from ..cli_args import add_inputs, add_plugin, add_precision, add_target, add_tolerances
+
+    add_precision(p, ("fp32", "fp16", "bf16"), "the deployed precision (default fp32)", default="fp32")
+    add_target(p, "Here: tensorrt fuses to plugin ops and builds an engine where TensorRT is present")
     p.add_argument("--repo", metavar="DIR", help="the Triton model repository (default WORKDIR/repo)")
     p.add_argument("--checkpoint", metavar="FILE", help="weights to load into the SPEC's model (safetensors or torch)")
     p.add_argument("--onnx", metavar="MODEL.onnx",
@@ -25,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic-axes", action="append", default=None, metavar="NAME:AXIS=LABEL[,...]",
                    help="dynamic axes per input, as for export (repeatable; default: inferred)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; raised to 23 to fuse RMSNorm)")
-    p.add_argument("--inputs", metavar="FILE.npz", help="real inputs for check (one array per input name)")
-    p.add_argument("--atol", type=float, help="absolute tolerance override for check")
-    p.add_argument("--rtol", type=float, help="relative tolerance override for check")
-    p.add_argument("--plugin", metavar="LIB.so", help="ln_deploy's TensorRT plugin library (tensorrt target)")
+    add_inputs(p, "for check (default: the SPEC's example inputs and one seeded random batch)")
+    add_tolerances(p, "overrides check's precision profile")
+    add_plugin(p, "for the tensorrt target: built with, checked with and copied into the repository",
+               single="a Triton model folder holds one plugin library")
     p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
                    help="largest batch to package (default 8; capped at the largest batch check verified)")
     p.add_argument("--seed", type=int, default=0, help="seed of check's random inputs (default 0)")
@@ -38,14 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..cli_args import one, tolerance_value
     from ..export import parse_dynamic_axes
     from .options import DeployOptions
     from .pipeline import deploy
 
     options = DeployOptions(name=args.name, precision=args.precision, target=args.target, repo=args.repo,
                             checkpoint=args.checkpoint, onnx=args.onnx, dynamic_axes=parse_dynamic_axes(args.dynamic_axes),
-                            opset=args.opset, inputs=args.inputs, atol=args.atol, rtol=args.rtol,
-                            plugin=args.plugin, max_batch_size=args.max_batch_size, seed=args.seed,
+                            opset=args.opset, inputs=args.inputs, atol=tolerance_value(args.atol),
+                            rtol=tolerance_value(args.rtol), plugin=one(args.plugin), max_batch_size=args.max_batch_size, seed=args.seed,
                             force=args.force)
     if args.serve and not 0 <= args.port <= 65535:
         from ..errors import BadInputError

@@ -19,7 +19,8 @@ class DeployOptions:
     name), ``precision`` fp32|fp16|bf16, ``target`` onnx|tensorrt, ``repo`` (default WORKDIR/repo),
     ``checkpoint``, ``onnx`` (an ONNX file exported elsewhere to deploy instead of exporting the SPEC:
     check still proves it against the SPEC), ``dynamic_axes`` ({input: {axis: label}} as export takes it), ``opset``,
-    ``inputs`` (.npz of real inputs for check), ``atol``/``rtol`` (check tolerance overrides),
+    ``inputs`` (.npz of real inputs for check), ``atol``/``rtol`` (check tolerance overrides: one
+    number for every output, or ``{output name or "": number}``),
     ``plugin`` (the TensorRT plugin library for the tensorrt target), ``max_batch_size`` (the
     largest batch to verify and package; capped at the largest batch check verified), ``force``
     (redo every stage; replace a model folder deploy did not write)."""
@@ -33,8 +34,8 @@ class DeployOptions:
     dynamic_axes: dict | None = None
     opset: int | None = None
     inputs: str | None = None
-    atol: float | None = None
-    rtol: float | None = None
+    atol: float | dict | None = None
+    rtol: float | dict | None = None
     plugin: str | None = None
     max_batch_size: int = 8
     force: bool = False
@@ -49,9 +50,10 @@ class DeployOptions:
         if self.name is not None and not _NAME.fullmatch(self.name):
             raise BadInputError(f"--name {self.name!r}: use letters, digits, '_', '.', '-' (at most 128, "
                                 "not starting with '.' or '-')")
-        for key in ("atol", "rtol"):
+        for key in ("atol", "rtol"):  # one number (every output) or {output name or "": number}
             v = getattr(self, key)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in values):
                 raise BadInputError(f"--{key} must be a finite number >= 0, got {v}")
         if not (isinstance(self.max_batch_size, int) and 1 <= self.max_batch_size <= 4096):
             raise BadInputError(f"--max-batch-size must be an integer from 1 to 4096, got {self.max_batch_size}")
@@ -77,4 +79,5 @@ class DeployOptions:
         return self
 
     def to_dict(self) -> dict:
+        """Every field above by its name."""
         return asdict(self)

@@ -22,9 +22,11 @@ def add_arguments(p) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
                    help="torch.onnx exporter: dynamo (default in torch), legacy TorchScript, or auto = dynamo "
                         "with a fallback to legacy (default)")
-    p.add_argument("--atol", type=float, default=1e-4,
-                   help="largest |ONNX Runtime - PyTorch| accepted before the file is kept (default 1e-4)")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime run (not recommended)")
+    from ..cli_args import add_no_verify, add_tolerances
+
+    add_tolerances(p, "the largest |ONNX Runtime - PyTorch| accepted "
+                      "before the file is kept (default 1e-4)", rtol=False, per_output=False, default=1e-4)
+    add_no_verify(p, "the PyTorch model")
 
 
 def run(args) -> int:

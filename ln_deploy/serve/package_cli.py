@@ -15,8 +15,9 @@ def add_arguments(p) -> None:
     p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")
     p.add_argument("--kind", choices=("auto", "cpu", "gpu"), default="auto",
                    help="instance kind (default: gpu for engines, Triton's choice for ONNX)")
-    p.add_argument("--plugin", metavar="LIB.so", default=None,
-                   help="ln_deploy's TensorRT plugin library the engine needs; copied into the repository")
+    from ..cli_args import add_plugin
+
+    add_plugin(p, "the one the engine needs, copied into the repository", single="a Triton model folder holds one plugin library")
     p.add_argument("--batch-window-us", type=int, default=500, metavar="US",
                    help="dynamic batching max_queue_delay_microseconds (default 500)")
     p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
@@ -32,6 +33,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..cli_args import one
     from ..errors import BadInputError
     from ..progress import step
     from .repository import package_model
@@ -52,7 +54,7 @@ def run(args) -> int:
     with step(f"packaging {args.model} as {args.name!r}"):
         result = package_model(
             args.model, args.repo, args.name, max_batch_size=args.max_batch_size, instances=args.instances,
-            kind=args.kind, plugin=args.plugin, batch_window_us=args.batch_window_us, version=args.version,
+            kind=args.kind, plugin=one(args.plugin), batch_window_us=args.batch_window_us, version=args.version,
             model_root=args.model_root, force=args.force)
     print(result.summary())
     if manifest_opts is not None:

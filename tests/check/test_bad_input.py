@@ -125,7 +125,7 @@ def test_bad_tolerance_option(encoder):
 @pytest.mark.parametrize("args, needle", [
     (["--atol", "outptu=0.1"], "outptu"),  # a typo in an output name is not silently ignored
     (["--engine", "/no/such/engine.plan"], "engine not found"),  # even where TensorRT is skipped
-    (["--engine", "__ONNX__", "--plugins", "/no/such/lib.so"], "plugin library not found"),
+    (["--engine", "__ONNX__", "--plugin", "/no/such/lib.so"], "plugin library not found"),
 ])
 def test_named_files_and_outputs_must_exist(encoder, args, needle):
     _, onnx_path = encoder

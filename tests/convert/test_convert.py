@@ -189,7 +189,7 @@ def test_cli_writes_model_and_report(exported_bundled, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--precision", "fp8"], "unknown precision 'fp8'"),
-    (["--precision", "fp16", "--calibration", "missing.npz"], "no such calibration file"),
+    (["--precision", "fp16", "--inputs", "missing.npz"], "no such calibration file"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(exported_bundled, tmp_path, args, message):
     _, exported = exported_bundled["pre_ln_encoder_block"]

@@ -71,7 +71,7 @@ def test_malformed_npz_is_one_line(models, bad_arrays, tmp_path, unchanged, comm
     name, needle = BAD_NPZ[case]
     npz = bad_arrays / name
     argv = {"convert": ["convert", models / "good.onnx", "-o", tmp_path / "o.onnx", "--precision", "fp16",
-                        "--calibration", npz],
+                        "--inputs", npz],
             "advise": ["advise", models / "good.onnx", "--inputs", npz],
             "check": ["check", f"{models}/tiny.py:good", "--onnx", models / "good.onnx", "--inputs", npz,
                       "--report-dir", tmp_path / "rep", "--no-plots"]}[command]
