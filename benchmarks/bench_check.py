@@ -61,15 +61,15 @@ def main() -> int:
         print(f"full check (2 feeds, localisation of {len(report.localisation['onnxrt-cpu']['norms'])} norms, "
               f"{len([r for r in report.invariance if r['status'] != 'skipped'])} invariance checks, report + plots): "
               f"best {min(totals):.2f} s, median {sorted(totals)[len(totals) // 2]:.2f} s over {args.repeat} runs")
-        timed = sum(sum(p.values()) for p in report.timings.values())
-        print(f"\nlast run, {report.total_seconds:.2f} s in check_model, split by runner and phase:")
-        for runner, phases in report.timings.items():
+        timed = sum(sum(p.values()) for p in report.timings_s.values())
+        print(f"\nlast run, {report.total_s:.2f} s in check_model, split by runner and phase:")
+        for runner, phases in report.timings_s.items():
             tot = sum(phases.values())
             detail = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
-            print(f"  {runner:14s} {tot:6.2f} s ({100 * tot / report.total_seconds:4.1f} %)  [{detail}]")
-        print(f"  {'other':14s} {report.total_seconds - timed:6.2f} s  (spec/ONNX loading and validation, "
+            print(f"  {runner:14s} {tot:6.2f} s ({100 * tot / report.total_s:4.1f} %)  [{detail}]")
+        print(f"  {'other':14s} {report.total_s - timed:6.2f} s  (spec/ONNX loading and validation, "
               "comparison statistics, report writing and plots)")
-        ratio = report.timings["pytorch-fp32"]["compare"] / max(report.timings["onnxrt-cpu"]["compare"], 1e-9)
+        ratio = report.timings_s["pytorch-fp32"]["compare"] / max(report.timings_s["onnxrt-cpu"]["compare"], 1e-9)
         print(f"\nPyTorch / ONNX Runtime time on the comparison feeds: {ratio:.1f}x")
     return 0
 

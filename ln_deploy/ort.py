@@ -93,7 +93,9 @@ class SessionConfig:
         """What can change how the graph is built (threads and logging cannot)."""
         return f"{self.level}|{','.join(self.disabled_optimizers)}|{self.provider}"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """Every field by its name (``level``, ``threads``, ``disabled_optimizers``, ``log_level``,
+        ``provider``, ``spinning``): ``SessionConfig(**d)`` rebuilds it."""
         return dataclasses.asdict(self)
 
 
@@ -186,7 +188,7 @@ def holds_low_precision(model) -> bool:
 
 @dataclass
 class ProbeResult:
-    """How building a session went in a child process."""
+    """How building a session went in a child process; ``to_dict()`` holds the fields below by name."""
 
     config: SessionConfig
     ok: bool
@@ -206,9 +208,10 @@ class ProbeResult:
                     f"{self.config.describe()}" + (f": {self.error}" if self.error else ""))
         return f"ONNX Runtime {self.ort_version} refuses {what} at {self.config.describe()}: {self.error}"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """Every field by its name, ``config`` as ``SessionConfig.to_dict()`` (the probe cache's JSON)."""
         d = dataclasses.asdict(self)
-        d["config"] = self.config.to_json()
+        d["config"] = self.config.to_dict()
         return d
 
 
@@ -268,7 +271,7 @@ def probe_session(model, config: SessionConfig = DEFAULT) -> ProbeResult:
     try:
         disk.parent.mkdir(parents=True, exist_ok=True)
         tmp = disk.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.to_json()))
+        tmp.write_text(json.dumps(result.to_dict()))
         os.replace(tmp, disk)
     except OSError as e:  # a read-only home: the in-memory cache still holds
         log.debug("cannot write the probe cache %s: %s", disk, e)
@@ -289,7 +292,7 @@ def _run_child(model, config: SessionConfig, version: str) -> ProbeResult:
     pkg_root = str(Path(__file__).resolve().parent.parent)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
     try:
-        proc = subprocess.run([sys.executable, "-c", code, pkg_root, path, json.dumps(config.to_json())],
+        proc = subprocess.run([sys.executable, "-c", code, pkg_root, path, json.dumps(config.to_dict())],
                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         return ProbeResult(config, ok=False, crashed=True, error=f"no answer within {PROBE_TIMEOUT_S} s",

@@ -32,6 +32,8 @@ class Profile:
     shapes: dict  # name -> (min tuple, opt tuple, max tuple)
 
     def to_dict(self) -> dict:
+        """``{input: {"min": [...], "opt": [...], "max": [...]}}``: ``shapes`` itself, as the engine sidecar
+        and TensorRT's optimisation profile name it (keyed by input, not by the field)."""
         return {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in self.shapes.items()}
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import progress
 from ..errors import BadInputError
@@ -22,8 +23,9 @@ from .inputs import (InputGenerator, cast_feed, check_report_dir, load_npz, onnx
                      validate_model_pair)
 from .invariance import (Backend, InvarianceResult, batch_independence, batch_statistics_modules,
                          kernel_bitwise_invariance, padding_leak, sequence_independence, train_eval)
+from .options import CheckOptions
 from .report import CheckReport
-from .tolerances import PRECISIONS, compare_funcs, evaluate, make_profile
+from .tolerances import compare_funcs, evaluate, make_profile
 
 log = logging.getLogger(__name__)
 
@@ -76,37 +78,52 @@ class _Timer:
         return {r: {p: round(s, 3) for p, s in ph.items()} for r, ph in self.t.items()}
 
 
-def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), precision="auto", report_dir=None,
-                inputs=None, seed=0, tolerances=None, localise=True, invariance=True, batch_size=4,
-                threads=None, plots=True, torch_device="cpu", max_batch=None) -> CheckReport:
+@dataclass
+class CheckRun:
+    """One check in progress: what every step reads (the models, the settings, the tolerance profile,
+    the input generator, the runners) and what they fill (the report, the timer)."""
+
+    options: CheckOptions
+    loaded: object  # ln_deploy.spec.LoadedModel
+    model: object  # the onnx.ModelProto ONNX Runtime runs (plugin nodes expanded)
+    out_names: list
+    profile: object  # tolerances.ToleranceProfile
+    report: CheckReport
+    gen: InputGenerator
+    timer: _Timer
+    plugins: tuple = ()  # the options' plugins, or ln_deploy's own library found for a plugin engine
+    reference: object = None  # the TorchRunner
+    deployed: list = field(default_factory=list)  # runners.DeployedRuntime, in report order
+
+    @property
+    def runners(self) -> list:
+        """The reference then every deployed runtime's Polygraphy runner."""
+        return [self.reference] + [d.runner for d in self.deployed]
+
+
+def check_model(spec, onnx_path, *, options: CheckOptions | None = None, **kwargs) -> CheckReport:
     """Check an exported model against its PyTorch original.
 
     Args:
         spec: a SPEC string (``path/file.py:NAME``) or a ``LoadedModel``.
         onnx_path: the deployed ONNX model (exported, fused and/or converted).
-        engine: a TensorRT engine built from it (run only where TensorRT and a GPU are present).
-        plugins: plugin libraries to load before deserializing the engine.
-        precision: the deployed precision ("fp32", "fp16", "bf16"), or "auto" to read it from the
-            model's initializers. Selects the tolerance profile.
-        report_dir: where to write report.json, report.md, error plots and run_results.json.
-        inputs: None (the example inputs and one seeded random batch), "example", "random", or the path
-            of a .npz of real inputs (one array per input name, or ``NAME__i`` for several feeds).
-        tolerances: ``{"atol": 1e-3 | {"": 1e-3, "output_1": 1e-2}, "rtol": ...}`` overrides.
-        localise: record every normalization's output and report the first that diverges.
-        invariance: run the train/eval, batch, sequence and padding invariance checks.
-        batch_size: batch used by the batch-independence check.
-        max_batch: also verify the graph's batch axis (the dynamic dims on axis 0) at this size, e.g. the
-            largest batch a deployment will serve; every shape run is in ``report.shapes``.
+        options: a ``CheckOptions`` (every setting; see its docstring), or None.
+        **kwargs: ``CheckOptions`` fields, applied over ``options``: ``checkpoint``, ``engine`` (a TensorRT
+            engine built from the model, run where TensorRT and a GPU are present), ``plugins``,
+            ``precision`` ("auto" reads it from the model; selects the tolerance profile), ``report_dir``
+            (report.json, report.md, error plots, run_results.json), ``inputs`` (None: the example inputs
+            and one seeded random batch; "example", "random", or a .npz of real inputs, one array per input
+            name or ``NAME__i`` for several feeds), ``seed``, ``tolerances`` (``{"atol": 1e-3 | {"": 1e-3,
+            "output_1": 1e-2}, "rtol": ...}``), ``localise``, ``invariance``, ``batch_size``, ``threads``,
+            ``plots``, ``torch_device``, ``max_batch`` (also verify the batch axis at this size; every shape
+            run is in ``report.shapes``).
 
     Returns a ``CheckReport``; ``report.passed`` is the verdict (the CLI turns False into exit 1).
     Raises ``BadInputError`` for unusable input (mismatched SPEC/ONNX, unreadable files, bad options).
     """
     t_start = time.perf_counter()
-    if precision not in PRECISIONS + ("auto",):
-        raise BadInputError(f"precision must be auto, {', '.join(PRECISIONS)}; not {precision!r}")
-    if batch_size < 2:
-        raise BadInputError("batch_size must be at least 2 (a sample must have neighbours)")
-    report_path = check_report_dir(report_dir)
+    opts = CheckOptions.from_call(options, kwargs)
+    report_path = check_report_dir(opts.report_dir)
     timer = _Timer()
 
     from polygraphy.logger import G_LOGGER
@@ -117,24 +134,24 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         with progress.step("loading the PyTorch model and the ONNX model"):
             from ..spec import LoadedModel, load_spec
 
-            loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, checkpoint)
+            loaded = spec if isinstance(spec, LoadedModel) else load_spec(spec, opts.checkpoint)
             model = load_onnx(onnx_path)
             onnx_ins = validate_model_pair(loaded, model, onnx_path)
             _same_weights(loaded, model, onnx_path)
             model, expanded = _expand_plugin_nodes(model)
-        if precision == "auto":
-            precision = detect_precision(model)
-        profile = make_profile(precision, tolerances)
+        precision = detect_precision(model) if opts.precision == "auto" else opts.precision
+        profile = make_profile(precision, opts.tolerances)
         out_names = onnx_output_names(model)
+        engine, plugins = opts.engine, opts.plugins
         _validate_paths_and_overrides(engine, plugins, profile, out_names)
-        report = CheckReport(spec=loaded.spec, onnx_path=str(onnx_path), precision=precision,
-                             engine=str(engine) if engine else None, tolerances=profile.to_json())
+        report = CheckReport(spec=loaded.spec, onnx=str(onnx_path), precision=precision, reference=REFERENCE,
+                             engine=str(engine) if engine else None, tolerances=profile.to_dict())
         if engine and expanded and not plugins:
             from ..kernels import plugin_library
 
             found = plugin_library()  # the engine holds ln_deploy plugin layers: a built or installed copy
             if found is not None:
-                plugins = [str(found)]
+                plugins = (str(found),)
                 report.notes.append(f"loaded ln_deploy's TensorRT plugin {found} (ln_deploy.kernels.plugin_library; "
                                     "--plugins chooses another)")
 
@@ -146,36 +163,32 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         recorded = {p.key: p.value for p in model.metadata_props}.get("ln_deploy.spec")
         if recorded and recorded.rpartition(":")[2] != loaded.spec.rpartition(":")[2]:
             report.notes.append(f"the ONNX model records that it was exported from {recorded}, not {loaded.spec}")
-        gen = InputGenerator(loaded, seed, onnx_ins)
-        feeds, source = _feeds(inputs, gen, loaded, onnx_ins)
-        report.inputs = {"source": source, "feeds": len(feeds), "seed": seed,
+        gen = InputGenerator(loaded, opts.seed, onnx_ins)
+        feeds, source = _feeds(opts.inputs, gen, loaded, onnx_ins)
+        report.inputs = {"source": source, "feeds": len(feeds), "seed": opts.seed,
                          "shapes": {k: list(v.shape) for k, v in feeds[0].items()}}
 
-        runners, backends_info = _make_runners(loaded, model, out_names, engine, plugins, report, timer,
-                                               threads, torch_device)
+        run = CheckRun(opts, loaded, model, out_names, profile, report, gen, timer, plugins=plugins)
+        _make_runners(run)
         from polygraphy.comparator import Comparator, RunResults
 
         results = RunResults()
-        for runner in runners:
+        for runner in run.runners:
             with progress.step(f"running {runner.name} on {len(feeds)} feed(s)"):
                 rr = timer.run(runner.name, "compare", Comparator.run, [runner], data_loader=feeds)
             for name, iters in rr.items():
                 results.append((name, iters))
-        _compare(results, runners, profile, out_names, report)
+        _compare(run, results)
 
-        ref_runner = runners[0]
-        deployed = runners[1:]
         with progress.step("running every shape the graph's dynamic axes claim"):
-            _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, timer, max_batch)
+            _shape_sweep(run)
         norm_shapes = None
-        if localise:
+        if opts.localise:
             with progress.step("localising: comparing every normalization's output"):
-                norm_shapes = _localise(loaded, model, ref_runner, deployed, feeds[0], profile, report, timer,
-                                        threads)
-        if invariance:
+                norm_shapes = _localise(run, feeds[0])
+        if opts.invariance:
             with progress.step("invariance checks (train/eval, batch, sequence, padding)"):
-                _invariance(loaded, ref_runner, deployed, backends_info, gen, profile, report, timer, batch_size,
-                            norm_shapes)
+                _invariance(run, norm_shapes)
 
         report.failures += [f"{c['runner']}: output {o!r} differs from PyTorch fp32 beyond tolerance "
                             f"(max abs {c['outputs'][o]['stats'].get('max_abs', float('nan')):.3g})"
@@ -187,11 +200,11 @@ def check_model(spec, onnx_path, *, checkpoint=None, engine=None, plugins=(), pr
         report.failures += [f"{r['check']} FAILED on {r['runtime']}: {r['message']}"
                             for r in report.invariance if r["status"] == "failed"]
         report.passed = not report.failures
-        report.timings = timer.rounded()
-        report.total_seconds = time.perf_counter() - t_start
+        report.timings_s = timer.rounded()
+        report.total_s = time.perf_counter() - t_start
         if report_path is not None:
             with progress.step(f"writing the report to {report_path}"):
-                report.write(report_path, results, plots=plots)
+                report.write(report_path, results, plots=opts.plots)
         return report
     finally:
         G_LOGGER.module_severity = old_severity
@@ -246,42 +259,36 @@ def _expand_plugin_nodes(model):
     return expand_plugin_nodes(model)
 
 
-def _make_runners(loaded, model, out_names, engine, plugins, report, timer, threads, torch_device):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
+def _make_runners(run: CheckRun) -> None:
+    """The PyTorch reference and every deployed runtime of ``runners.DEPLOYED_RUNTIMES``, each with its
+    row in the report (a runtime that cannot run here is a skipped row, with why)."""
     from .inputs import onnx_inputs
-    from .runners import (TorchRunner, make_onnxrt_session, make_trt_runner, onnxrt_providers,
-                          tensorrt_unavailable_reason)
+    from .runners import RuntimeSetup, Skipped, TorchRunner, deployed_runtimes
 
-    ins = onnx_inputs(model)
+    ins = onnx_inputs(run.model)
     dynamic = {i.name: {a: d for a, d in enumerate(i.shape) if not isinstance(d, int)} for i in ins}
-    runners = [TorchRunner(loaded, output_names=out_names, name=REFERENCE, device=torch_device,
-                           dynamic_axes={k: {a: (d or f"dim{a}") for a, d in v.items()} for k, v in dynamic.items()})]
-    report.runners.append({"name": REFERENCE, "role": "reference", "status": "ran", "device": torch_device})
-    info = {}
-    model_bytes = model.SerializeToString()
-    for name, provider in onnxrt_providers():
-        with progress.step(f"creating the ONNX Runtime session ({provider})"):
-            sess = timer.run(name, "session", make_onnxrt_session, model_bytes, provider, threads)
-        runners.append(OnnxrtRunner(sess, name=name))
-        report.runners.append({"name": name, "role": "deployed", "status": "ran", "provider": provider})
-        info[name] = {"inputs": ins, "require_bitwise": False}
-    reason = tensorrt_unavailable_reason(engine)
-    if reason is None:
-        runners.append(make_trt_runner(engine, plugins))
-        report.runners.append({"name": "tensorrt", "role": "deployed", "status": "ran", "engine": str(engine)})
-        info["tensorrt"] = {"inputs": ins, "require_bitwise": True}
-    else:
-        report.runners.append({"name": "tensorrt", "role": "deployed", "status": "skipped", "reason": reason})
-        if engine is not None:
-            report.notes.append(f"TensorRT engine {engine} was not run: {reason}")
-    return runners, info
+    device = run.options.torch_device
+    run.reference = TorchRunner(run.loaded, output_names=run.out_names, name=REFERENCE, device=device,
+                                dynamic_axes={k: {a: (d or f"dim{a}") for a, d in v.items()}
+                                              for k, v in dynamic.items()})
+    run.report.runners.append({"name": REFERENCE, "role": "reference", "status": "ran", "device": device})
+    setup = RuntimeSetup(run.model.SerializeToString(), ins, engine=run.options.engine, plugins=run.plugins,
+                         threads=run.options.threads, timed=run.timer.run)
+    for rt in deployed_runtimes(setup):
+        if isinstance(rt, Skipped):
+            run.report.runners.append({"name": rt.name, "role": "deployed", "status": "skipped", "reason": rt.reason})
+            if rt.note:
+                run.report.notes.append(rt.note)
+            continue
+        run.deployed.append(rt)
+        run.report.runners.append(rt.report_entry)
 
 
-def _compare(results, runners, profile, out_names, report):
+def _compare(run: CheckRun, results) -> None:
     """Polygraphy's verdicts (one compare function per statistic), with ln_deploy's error statistics."""
     from polygraphy.comparator import Comparator
 
+    runners, profile, out_names, report = run.runners, run.profile, run.out_names, run.report
     funcs = compare_funcs(profile, out_names)
     pairs = [(i, 0) for i in range(1, len(runners))]
     if not pairs:
@@ -322,12 +329,15 @@ def _compare(results, runners, profile, out_names, report):
         report.comparisons.append(comp)
 
 
-def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer, threads):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
+def _localise(run: CheckRun, feed):
+    """Every normalization's output, PyTorch against each deployed runtime that can expose it; the first
+    that diverges is ``report.first_divergence``. Returns the (kind, hidden size) of the compared norms."""
     from .localise import (NormRecorder, computes_norm, find_norm_calls, graph_norm_modules, norm_modules,
                            with_extra_outputs)
-    from .runners import make_onnxrt_session
+
+    loaded, model, ref_runner, profile, report, timer = (run.loaded, run.model, run.reference, run.profile,
+                                                         run.report, run.timer)
+    deployed = run.deployed
 
     # Normalizations by what the graph computes (module paths on fused ops and decomposed chains), plus
     # torch's normalization classes; see localise.py.
@@ -374,15 +384,13 @@ def _localise(loaded, model, ref_runner, deployed, feed, profile, report, timer,
     marked, exposed = with_extra_outputs(model, [by_key[k].exposed for k in order])
     marked_bytes = marked.SerializeToString()
     for runner in deployed:
-        if not runner.name.startswith("onnxrt"):
-            report.localisation[runner.name] = {
-                "norms": [], "notes": ["not localised: marking extra outputs changes TensorRT's layer fusion, "
-                                       "so the ONNX Runtime localisation stands for the graph"]}
+        if runner.not_localised:
+            report.localisation[runner.name] = {"norms": [], "notes": [runner.not_localised]}
             continue
-        provider = "CUDAExecutionProvider" if runner.name.endswith("cuda") else "CPUExecutionProvider"
         try:
-            sess = timer.run(runner.name, "localise", make_onnxrt_session, marked_bytes, provider, threads)
-            with OnnxrtRunner(sess, name=runner.name + "-marked") as r:
+            marked_runner = timer.run(runner.name, "localise", runner.localisation_runner, marked_bytes,
+                                      run.options.threads)
+            with marked_runner as r:
                 outs = timer.run(runner.name, "localise", r.infer, feed)
         except Exception as e:  # e.g. a loop body value whose shape varies per iteration cannot be stacked
             if not any(by_key[k].loops for k in order):
@@ -433,11 +441,16 @@ def _kind_by_class(cls: str) -> str | None:
     return "rms_norm" if "RMS" in cls else "layer_norm" if "LayerNorm" in cls else None
 
 
-def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, timer, max_batch=None):
-    """Every dynamic axis of the graph at the sweep sizes (shape_sweep.plan), PyTorch against each ONNX
-    Runtime runner: a wrong output shape, a run-time failure or values beyond tolerance at any claimed
-    shape fails the check, naming the axis and the size. Every shape run is listed in the report."""
+def _shape_sweep(run: CheckRun) -> None:
+    """Every dynamic axis of the graph at the sweep sizes (shape_sweep.plan), PyTorch against each deployed
+    runtime that sweeps shapes (ONNX Runtime): a wrong output shape, a run-time failure or values beyond
+    tolerance at any claimed shape fails the check, naming the axis and the size. Every shape run is listed
+    in the report."""
     from ..shape_sweep import dynamic_dims, plan
+
+    loaded, model, ref_runner, gen, profile, report, timer = (run.loaded, run.model, run.reference, run.gen,
+                                                              run.profile, run.report, run.timer)
+    max_batch = run.options.max_batch
 
     example = {n: list(t.shape) for n, t in zip(loaded.input_names, loaded.example_inputs)}
     places = dynamic_dims(model)
@@ -452,8 +465,8 @@ def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, time
                           "outputs": {k: list(v.shape) for k, v in ex_out.items()}})
     extra = {lab: [max_batch] for lab, ps in places.items() if max_batch and any(k == 0 for _, k in ps)}
     cases = plan(model, example, extra)
-    ort_runners = [r for r in deployed if r.name.startswith("onnxrt")]
-    if not cases or not ort_runners:
+    sweeping = [r for r in run.deployed if r.sweeps_shapes]
+    if not cases or not sweeping:
         return
     refs = []
     with ref_runner:
@@ -463,7 +476,8 @@ def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, time
                 refs.append((feed, timer.run(ref_runner.name, "shapes", ref_runner.infer, feed, check_inputs=False)))
             except BadInputError as e:  # the PyTorch model itself refuses the size the graph claims
                 refs.append((feed, f"PyTorch's forward() raises at this size ({str(e).split(': ', 1)[-1]})"))
-    for runner in ort_runners:
+    for rt in sweeping:
+        runner = rt.runner
         with runner:
             for case, (feed, ref) in zip(cases, refs):
                 entry = {"case": case.describe(), "label": case.label, "size": case.size, "runner": runner.name,
@@ -475,9 +489,9 @@ def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, time
                 else:
                     try:
                         got = timer.run(runner.name, "shapes", runner.infer, feed, check_inputs=False)
-                    except Exception as e:  # noqa: BLE001 - ORT refusing a shape its graph claims
+                    except Exception as e:  # noqa: BLE001 - the runtime refusing a shape its graph claims
                         got = None
-                        entry["problem"] = f"ONNX Runtime fails: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+                        entry["problem"] = f"{rt.label} fails: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
                     for out, r in (ref.items() if got is not None else ()):
                         o = got.get(out)
                         if o is None or o.shape != r.shape:
@@ -505,10 +519,16 @@ def _shape_sweep(loaded, model, ref_runner, deployed, gen, profile, report, time
                                            f"{entry['problem']}")
 
 
-def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer, batch_size, norm_shapes=None):
+def _invariance(run: CheckRun, norm_shapes=None) -> None:
+    """Train/eval on PyTorch; batch, sequence and padding invariance on PyTorch and every deployed
+    runtime; the kernels' bitwise batch invariance for the model's normalization shapes."""
     import numpy as np
 
     from .localise import norm_modules
+
+    loaded, ref_runner, gen, profile, report, timer = (run.loaded, run.reference, run.gen, run.profile,
+                                                       run.report, run.timer)
+    batch_size = run.options.batch_size
 
     results: list[InvarianceResult] = []
     atol, rtol = profile.invariance_atol, profile.invariance_rtol
@@ -536,12 +556,12 @@ def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer,
     with ref_runner:
         results.append(timer.run(ref_runner.name, "invariance", train_eval, ref_runner, batch_feed, ref_atol, ref_rtol))
         run_all(Backend(ref_runner.name, ref_runner, is_torch=True), ref_atol, ref_rtol)
-    for runner in deployed:
-        ins = info[runner.name]["inputs"]
+    for rt in run.deployed:
+        ins, runner = rt.inputs, rt.runner
         dtypes = {i.name: np.dtype(i.dtype) for i in ins if i.dtype in ("float16", "float32", "float64")}
-        backend = Backend(runner.name, runner, dynamic_batch=not ins[0].is_static(0),
+        backend = Backend(rt.name, runner, dynamic_batch=not ins[0].is_static(0),
                           dynamic_seq=not (ins[0].rank >= 2 and ins[0].is_static(1)), input_dtypes=dtypes,
-                          require_bitwise=info[runner.name]["require_bitwise"])
+                          require_bitwise=rt.require_bitwise)
         with runner:
             run_all(backend, atol, rtol)
     shapes = set(norm_shapes or ())  # from localisation: the norms the graph computes, by what they compute
@@ -552,7 +572,7 @@ def _invariance(loaded, ref_runner, deployed, info, gen, profile, report, timer,
         if shape and ("RMS" in cls or "LayerNorm" in cls):
             shapes.add(("rms_norm" if "RMS" in cls else "layer_norm", int(shape[-1])))
     results += kernel_bitwise_invariance(shapes)
-    report.invariance = [r.to_json() for r in results]
+    report.invariance = [r.to_dict() for r in results]
 
 
 def parity_summary(spec, onnx_path, **kwargs) -> tuple[bool, str]:

@@ -21,6 +21,9 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 @dataclass
 class InvarianceResult:
+    """One invariance check on one runtime. ``to_dict()``: ``check`` (its name), ``runtime``, ``status``
+    (passed | failed | skipped), ``message`` (one line) and ``stats`` (omitted when empty)."""
+
     check: str
     runtime: str
     status: str
@@ -31,7 +34,8 @@ class InvarianceResult:
     def failed(self) -> bool:
         return self.status == FAILED
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """The fields by name (``stats`` only when not empty)."""
         return {"check": self.check, "runtime": self.runtime, "status": self.status,
                 "message": self.message, **({"stats": self.stats} if self.stats else {})}
 

@@ -30,35 +30,56 @@ def _fmt(v) -> str:
 
 @dataclass
 class CheckReport:
+    """The result of ``check_model``; ``to_dict()`` (report.json) holds every field below by its name.
+
+    - ``spec``: the SPEC checked; ``onnx``: the ONNX model's path; ``engine``: the TensorRT engine's, or None;
+    - ``precision``: the deployed precision (selects the tolerances); ``reference``: the reference runner;
+    - ``passed``: the verdict (no failure);
+    - ``tolerances``: the tolerance profile; ``inputs``: {source, feeds, seed, shapes} of the compared feeds;
+    - ``runners``: {name, role, status, reason?, ...} per runner;
+    - ``comparisons``: {runner, reference, passed, outputs: {name: {passed, stats, checks, iterations}}};
+    - ``first_divergence``: the first normalization beyond tolerance ({runner, module_path, ...}), or None;
+    - ``localisation``: {runner: {"norms": [...], "notes": [...]}};
+    - ``invariance``: ``InvarianceResult.to_dict()`` per check and runtime;
+    - ``shapes``: every shape run: {case, label, size, runner, passed, max_abs, problem, inputs, outputs};
+    - ``failures``: one line each; ``notes``: one line each;
+    - ``timings_s``: runner -> phase -> seconds; ``total_s``: seconds in ``check_model``.
+
+    ``to_dict()`` adds ``verified_shapes``, derived from ``shapes``: {inputs, outputs, passed, max_abs,
+    runner} per shape run and compared (deploy's certificate records them).
+    """
+
     spec: str
-    onnx_path: str
+    onnx: str
     precision: str
     passed: bool = False
     engine: str | None = None
+    reference: str = "pytorch-fp32"
     tolerances: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
     runners: list = field(default_factory=list)  # {name, role, status, reason?, seconds}
     comparisons: list = field(default_factory=list)  # {runner, reference, passed, outputs: {name: {...}}}
     first_divergence: dict | None = None
     localisation: dict = field(default_factory=dict)  # {runner: {"norms": [...], "notes": [...]}}
-    invariance: list = field(default_factory=list)  # InvarianceResult.to_json()
+    invariance: list = field(default_factory=list)  # InvarianceResult.to_dict()
     shapes: list = field(default_factory=list)  # every shape run: {case, label, size, runner, passed, max_abs, problem}
     failures: list = field(default_factory=list)  # one line each
     notes: list = field(default_factory=list)
-    timings: dict = field(default_factory=dict)  # runner -> phase -> seconds
-    total_seconds: float = 0.0
+    timings_s: dict = field(default_factory=dict)  # runner -> phase -> seconds
+    total_s: float = 0.0
     # Raw arrays for plots (not serialized): {output: {runner: abs-error array}}
     _errors: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ machine-readable
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """report.json: every field of the class docstring by its name, plus ``verified_shapes``."""
         return {
             "passed": self.passed,
             "spec": self.spec,
-            "onnx": self.onnx_path,
+            "onnx": self.onnx,
             "engine": self.engine,
             "precision": self.precision,
-            "reference": "pytorch-fp32",
+            "reference": self.reference,
             "tolerances": self.tolerances,
             "inputs": self.inputs,
             "runners": self.runners,
@@ -73,9 +94,14 @@ class CheckReport:
                                 for r in self.shapes if r["passed"] is not None],
             "failures": self.failures,
             "notes": self.notes,
-            "timings_s": self.timings,
-            "total_s": round(self.total_seconds, 3),
+            "timings_s": self.timings_s,
+            "total_s": round(self.total_s, 3),
         }
+
+    def to_json(self) -> dict:
+        """Deprecated name of :meth:`to_dict` (the same dict, not a string), kept while ``check/cli.py``
+        and tests call it."""
+        return self.to_dict()
 
     # ------------------------------------------------------------------ human-readable
     def summary_line(self) -> str:
@@ -132,7 +158,7 @@ class CheckReport:
             fd = self.first_divergence
             lines += [f"first divergence ({fd['runner']}): {fd['module_path']} [{fd['module_class']}] "
                       f"max|err| {_fmt(fd['stats'].get('max_abs'))}, p99 {_fmt(fd['stats'].get('p99_abs'))}"]
-        lines += ["", ("PASSED" if self.passed else "FAILED") + f"  ({self.total_seconds:.1f} s)"]
+        lines += ["", ("PASSED" if self.passed else "FAILED") + f"  ({self.total_s:.1f} s)"]
         for f in self.failures:
             lines.append(f"  - {f}")
         return "\n".join(lines)
@@ -153,18 +179,18 @@ class CheckReport:
 
     def to_markdown(self, plots: dict | None = None) -> str:
         md = [f"# ln-deploy check: {'PASSED' if self.passed else 'FAILED'}", "",
-              f"- model: `{self.spec}`", f"- ONNX: `{self.onnx_path}`"]
+              f"- model: `{self.spec}`", f"- ONNX: `{self.onnx}`"]
         if self.engine:
             md.append(f"- engine: `{self.engine}`")
         md += [f"- deployed precision: {self.precision}; reference: PyTorch fp32",
                f"- inputs: {self.inputs.get('source')} ({self.inputs.get('feeds')} feed(s), seed {self.inputs.get('seed')})",
-               f"- total time: {self.total_seconds:.1f} s", ""]
+               f"- total time: {self.total_s:.1f} s", ""]
         if self.failures:
             md += ["## Failures", ""] + [f"- {f}" for f in self.failures] + [""]
         md += ["## Runners", "", "| runner | role | status | time (s) |", "|---|---|---|---|"]
         for r in self.runners:
             status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
-            md.append(f"| {r['name']} | {r['role']} | {status} | {sum(self.timings.get(r['name'], {}).values()):.2f} |")
+            md.append(f"| {r['name']} | {r['role']} | {status} | {sum(self.timings_s.get(r['name'], {}).values()):.2f} |")
         md += ["", "## Output parity (against PyTorch fp32)", "",
                "| runtime | output | max abs | p99 abs | mean abs | max rel | checks | result |",
                "|---|---|---|---|---|---|---|---|"]
@@ -219,7 +245,7 @@ class CheckReport:
         target = Path(report_dir)
         with atomic_folder(target) as tmp:
             plot_files = self._plots(tmp) if plots else {}
-            (tmp / "report.json").write_text(json.dumps(self.to_json(), indent=2, default=_json_default))
+            (tmp / "report.json").write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
             (tmp / "report.md").write_text(self.to_markdown(plot_files))
             if run_results is not None:
                 run_results.save(str(tmp / "run_results.json"))

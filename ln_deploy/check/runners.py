@@ -260,3 +260,130 @@ def make_trt_runner(engine_path, plugins=(), name="tensorrt"):
 
         loader = LoadPlugins(plugins=list(plugins), obj=loader)
     return TrtRunner(loader, name=name)
+
+
+# ---------------------------------------------------------------------------------------- deployed runtimes
+# What ``check_model`` runs against the PyTorch reference. One class per backend, registered in
+# DEPLOYED_RUNTIMES: ``create`` builds its Polygraphy runners (or says why it cannot run here), and the
+# class attributes tell the later steps what the runtime supports, so adding a runtime is one new class.
+
+
+class Skipped:
+    """A runtime that cannot run here: ``name``, ``reason`` (the report's runner row) and an optional
+    ``note`` for the report's notes."""
+
+    def __init__(self, name: str, reason: str, note: str | None = None):
+        self.name, self.reason, self.note = name, reason, note
+
+
+class DeployedRuntime:
+    """One deployed runtime as ``check_model`` runs it: a Polygraphy ``BaseRunner`` (``runner``, passed
+    to ``Comparator.run``) plus what the steps after the output comparison need.
+
+    Subclasses set:
+        label: how messages name the runtime ("ONNX Runtime fails: ...").
+        sweeps_shapes: the shape sweep runs it at every size the graph's dynamic axes claim.
+        require_bitwise: the invariance check requires bit-identical rows alone and in a batch.
+        not_localised: None when ``localisation_runner`` works, else why this runtime is not localised.
+    """
+
+    label = "the runtime"
+    sweeps_shapes = False
+    require_bitwise = False
+    not_localised: str | None = "this runtime cannot expose intermediate values"
+
+    def __init__(self, name: str, runner: BaseRunner, inputs: list, report_entry: dict):
+        self.name = name
+        self.runner = runner
+        self.inputs = inputs  # the ONNX model's inputs (check.inputs.onnx_inputs) as this runtime takes them
+        self.report_entry = report_entry  # the report's runner row: {name, role, status, ...}
+
+    @classmethod
+    def create(cls, setup: "RuntimeSetup") -> list:
+        """The runtimes of this backend to run here: ``DeployedRuntime``s and ``Skipped``s."""
+        raise NotImplementedError
+
+    def localisation_runner(self, marked_bytes: bytes, threads: int | None) -> BaseRunner:
+        """A runner on ``marked_bytes`` (the model with every normalization's output also a graph output)."""
+        raise NotImplementedError(self.not_localised)
+
+
+class RuntimeSetup:
+    """What a backend's ``create`` reads: the serialized model, its inputs, the engine and plugins, the
+    threads, and ``timed(name, phase, fn, *args)`` to account the time spent building sessions."""
+
+    def __init__(self, model_bytes: bytes, inputs: list, engine=None, plugins=(), threads=None, timed=None):
+        self.model_bytes, self.inputs, self.engine, self.plugins, self.threads = (
+            model_bytes, inputs, engine, tuple(plugins or ()), threads)
+        self.timed = timed or (lambda name, phase, fn, *a, **kw: fn(*a, **kw))
+
+
+class OnnxrtRuntime(DeployedRuntime):
+    """ONNX Runtime: the CPU provider always (the strict low-precision emulation for an fp16/bf16 graph,
+    see ``make_onnxrt_session``), the CUDA provider where ORT has it and a GPU is visible."""
+
+    label = "ONNX Runtime"
+    sweeps_shapes = True
+    require_bitwise = False
+    not_localised = None
+
+    def __init__(self, name, runner, inputs, provider: str):
+        super().__init__(name, runner, inputs, {"name": name, "role": "deployed", "status": "ran",
+                                                "provider": provider})
+        self.provider = provider
+
+    @classmethod
+    def create(cls, setup: RuntimeSetup) -> list:
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+
+        from .. import progress
+
+        out = []
+        for name, provider in onnxrt_providers():
+            with progress.step(f"creating the ONNX Runtime session ({provider})"):
+                sess = setup.timed(name, "session", make_onnxrt_session, setup.model_bytes, provider, setup.threads)
+            out.append(cls(name, OnnxrtRunner(sess, name=name), setup.inputs, provider))
+        return out
+
+    def localisation_runner(self, marked_bytes, threads):
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+
+        sess = make_onnxrt_session(marked_bytes, self.provider, threads)
+        return OnnxrtRunner(sess, name=self.name + "-marked")
+
+
+class TensorrtRuntime(DeployedRuntime):
+    """A TensorRT engine (Polygraphy's ``TrtRunner``), where an engine is given and TensorRT and a GPU are
+    present. Its kernels must be batch-invariant bit for bit; it is not localised (marking extra outputs
+    changes TensorRT's layer fusion) and not shape-swept (an engine runs its optimisation profiles' shapes)."""
+
+    label = "TensorRT"
+    sweeps_shapes = False
+    require_bitwise = True
+    not_localised = ("not localised: marking extra outputs changes TensorRT's layer fusion, "
+                     "so the ONNX Runtime localisation stands for the graph")
+
+    @classmethod
+    def create(cls, setup: RuntimeSetup) -> list:
+        name = "tensorrt"
+        reason = tensorrt_unavailable_reason(setup.engine)
+        if reason is not None:
+            note = f"TensorRT engine {setup.engine} was not run: {reason}" if setup.engine is not None else None
+            return [Skipped(name, reason, note)]
+        return [cls(name, make_trt_runner(setup.engine, setup.plugins, name=name), setup.inputs,
+                    {"name": name, "role": "deployed", "status": "ran", "engine": str(setup.engine)})]
+
+
+# Every deployed runtime check_model runs, in report order; a new runtime is one more entry.
+DEPLOYED_RUNTIMES: dict[str, type[DeployedRuntime]] = {
+    "onnxrt": OnnxrtRuntime,
+    "tensorrt": TensorrtRuntime,
+}
+
+
+def deployed_runtimes(setup: RuntimeSetup, registry=None) -> list:
+    """Every registered backend's runtimes (``DeployedRuntime``) and skips (``Skipped``), in registry order."""
+    found = []
+    for factory in (DEPLOYED_RUNTIMES if registry is None else registry).values():
+        found.extend(factory.create(setup))
+    return found

@@ -49,11 +49,14 @@ class ToleranceProfile:
             out.append(c)
         return out
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """Every field by its name: ``precision``, ``checks`` ({stat: the check's label, atol, rtol} each),
+        ``invariance_atol``, ``invariance_rtol``, ``atol_overrides``, ``rtol_overrides``."""
         return {
             "precision": self.precision,
             "checks": [{"stat": c.label, "atol": c.atol, "rtol": c.rtol} for c in self.checks],
-            "invariance": {"atol": self.invariance_atol, "rtol": self.invariance_rtol},
+            "invariance_atol": self.invariance_atol,
+            "invariance_rtol": self.invariance_rtol,
             "atol_overrides": dict(self.atol_overrides),
             "rtol_overrides": dict(self.rtol_overrides),
         }

@@ -57,6 +57,10 @@ class NormAdvice:
 
 @dataclass
 class AdvisorReport:
+    """What ``advise`` found; ``to_dict()`` (the ``--report`` JSON) holds every field by its name:
+    ``precision``, ``force_norm_fp16``, ``calibration``, ``norms`` (every ``NormAdvice`` field by its name),
+    ``notes``, and the derived ``flagged`` and ``would_overflow_fp16`` (the normalizations' labels)."""
+
     precision: str
     force_norm_fp16: bool
     calibration: str
@@ -76,6 +80,7 @@ class AdvisorReport:
         return [n for n in self.norms if n.square_overflows_fp16 or n.sum_sq_overflows_fp16 or n.input_overflows_fp16]
 
     def to_dict(self) -> dict:
+        """Every field by its name, plus ``flagged`` and ``would_overflow_fp16`` (lists of labels)."""
         d = asdict(self)
         d["flagged"] = [n.label for n in self.flagged]
         d["would_overflow_fp16"] = [n.label for n in self.would_overflow_fp16()]

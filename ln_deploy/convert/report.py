@@ -9,6 +9,12 @@ from .graph import TYPE_NAMES, all_nodes, module_path
 
 @dataclass
 class ConversionReport:
+    """What ``convert_model`` did; ``to_dict()`` (the ``--report`` JSON) holds every field by its name:
+    ``precision``, ``keep_io_types``, ``target``, ``force_norm_fp16``, ``nodes``, ``low_nodes``,
+    ``fp32_nodes`` ({node, op_type, module, reason} each), ``emulated_nodes`` ({node, op_type, module}),
+    ``casts_inserted``, ``casts_removed``, ``normalizations`` ({name, module, kind, form, handling}),
+    ``measured`` (rounds, the nodes measurement sent to fp32, the output errors), ``notes``."""
+
     precision: str
     keep_io_types: bool
     target: str
@@ -24,6 +30,7 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
     def summary(self) -> str:

@@ -113,13 +113,15 @@ def read_certificate(model_dir: Path) -> dict:
 
 @dataclass
 class VerifyResult:
-    """``passed``; ``checks``: one {check, passed, detail} per step (certificate hash, model hash, parity)."""
+    """``to_dict()`` holds every field by its name: ``model_dir``; ``passed``; ``checks``: one
+    {check, passed, detail} per step (certificate hash, model hash, parity)."""
 
     model_dir: str
     passed: bool = False
     checks: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
 

@@ -26,8 +26,9 @@ REPORT = "report.html"
 
 @dataclass
 class StageResult:
-    """One row of the pipeline: ``status`` is passed | reused (fresh from an earlier run) | failed |
-    skipped (could not run here, with ``detail`` saying why) | n/a (not part of this deployment)."""
+    """One row of the pipeline; ``to_dict()`` holds every field by its name: ``stage``, ``status``
+    (passed | reused (fresh from an earlier run) | failed | skipped (could not run here, with ``detail``
+    saying why) | n/a (not part of this deployment)), ``seconds``, ``artifact``, ``size``, ``detail``."""
 
     stage: str
     status: str
@@ -37,13 +38,16 @@ class StageResult:
     detail: str = ""
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
 
 @dataclass
 class DeployResult:
-    """``passed``: every stage that had to run passed; ``packaged``: a model folder with its certificate
-    was written (``model_dir``); ``verdict`` is the console's last line but one."""
+    """``to_dict()`` (deploy.json) holds every field by its name: ``workdir``; ``passed``: every stage
+    that had to run passed; ``packaged``: a model folder with its certificate was written (``model_dir``);
+    ``verdict``: the console's last line but one; ``stages`` (``StageResult.to_dict()`` each);
+    ``certificate``; ``report`` (the HTML report's path); ``seconds``."""
 
     workdir: str
     passed: bool
@@ -56,6 +60,7 @@ class DeployResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
 
@@ -153,7 +158,7 @@ def _fuse(run: DeployRun) -> Outcome:
         fused, report = fuse_model(src, run.options.target, opset=23)
     out = run.path("fused.onnx")
     save_onnx_atomic(fused, out)
-    summary = report.as_dict()
+    summary = report.to_dict()
     _write_json(run.path("fuse.json"), summary)
     total = sum(summary.get("fused", {}).values())
     return Outcome(artifacts=[out, run.path("fuse.json")], summary=summary,
@@ -223,7 +228,7 @@ def _check(run: DeployRun) -> Outcome:
                          plugins=[o.plugin] if (engine and o.plugin) else (), precision=o.precision,
                          report_dir=report_dir, inputs=o.inputs, seed=o.seed, tolerances=tolerances,
                          max_batch=o.max_batch_size)  # the batch the package will accept is proven, not assumed
-    data = report.to_json()
+    data = report.to_dict()
     run.reports["check"] = data
     outcome = Outcome(artifacts=[report_dir / "report.json"], summary={"passed": report.passed},
                       detail=report.summary_line().split(": ", 1)[-1])

@@ -29,6 +29,9 @@ _SOURCE = re.compile(r"L\['(\w+)'\]\.size\(\)\[(\d+)\]")
 
 @dataclass
 class AxisDecision:
+    """Whether one input axis is exported dynamic, and why; ``to_dict()`` holds every field by its name:
+    ``input``, ``axis``, ``label``, ``dynamic``, ``why``, ``requested``, ``min``, ``max``."""
+
     input: str
     axis: int
     label: str
@@ -39,6 +42,7 @@ class AxisDecision:
     max: int | None = None  # None: unbounded
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
     def line(self) -> str:

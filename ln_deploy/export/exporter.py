@@ -29,6 +29,12 @@ NORM_OPS = {"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalizat
 
 @dataclass
 class ExportResult:
+    """What ``export_model`` wrote; ``to_dict()`` (export.json) holds every field by its name: ``path``,
+    ``input_names``, ``output_names``, ``dynamic_axes`` ({input: {axis: label}}), ``opset``, ``node_count``,
+    ``norm_count``, ``max_abs_error`` (against PyTorch), ``rnn_mode``, ``exporter`` (dynamo | legacy),
+    ``state``, ``axes`` (``AxisDecision.to_dict()`` each), ``verified`` ({case, max_abs} per shape run),
+    ``notes``."""
+
     path: str
     input_names: list[str]
     output_names: list[str]
@@ -45,6 +51,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Every field by its name."""
         return asdict(self)
 
 

@@ -29,11 +29,14 @@ LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 @dataclass
 class Rejection:
+    """A near-miss a rule did not fuse: ``nodes`` (the candidate's node labels), ``reason``, ``rule``."""
+
     nodes: list[str]
     reason: str
     rule: str
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
+        """The fields by name."""
         return {"nodes": self.nodes, "reason": self.reason, "rule": self.rule}
 
 

@@ -22,6 +22,13 @@ TARGETS = ("onnx", "tensorrt")
 
 @dataclass
 class FuseReport:
+    """What ``fuse_model`` did; ``to_dict()`` (the ``--report`` JSON) holds every field by its name:
+    ``target``; ``fused`` ({op: count}); ``rejected`` (``Rejection.to_dict()`` per near-miss, with its
+    reason); ``nodes_before``/``nodes_after``; ``opset_before``/``opset_after``; ``channels_first`` (norms
+    fused through a Transpose); ``notes``; ``verified`` (checked in ONNX Runtime) and
+    ``max_relative_error`` (its worst error, or None); ``seconds``; ``rewrites`` ({rule, nodes} per
+    rewrite, in order); ``canonicalised`` ({what the canonical forms changed: count})."""
+
     target: str
     fused: dict
     rejected: list
@@ -32,12 +39,13 @@ class FuseReport:
     channels_first: int = 0
     notes: list = field(default_factory=list)
     verified: bool = False
-    max_error: float | None = None
+    max_relative_error: float | None = None
     seconds: float = 0.0
-    applied: list = field(default_factory=list)
+    rewrites: list = field(default_factory=list)
     canonicalised: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
+        """Every field by its name (``seconds`` rounded to ms)."""
         return {
             "target": self.target,
             "fused": self.fused,
@@ -49,14 +57,11 @@ class FuseReport:
             "channels_first": self.channels_first,
             "notes": self.notes,
             "verified": self.verified,
-            "max_relative_error": self.max_error,
+            "max_relative_error": self.max_relative_error,
             "seconds": round(self.seconds, 3),
             "canonicalised": self.canonicalised,
-            "rewrites": self.applied,
+            "rewrites": self.rewrites,
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2)
 
     @property
     def total_fused(self) -> int:
@@ -72,7 +77,7 @@ class FuseReport:
             + (f"; opset {self.opset_before} -> {self.opset_after}" if self.opset_after != self.opset_before else ""),
         ]
         if self.verified:
-            lines.append(f"checked in ONNX Runtime: max relative error {self.max_error:.2g}")
+            lines.append(f"checked in ONNX Runtime: max relative error {self.max_relative_error:.2g}")
         for n in self.notes:
             lines.append(f"note: {n}")
         if self.rejected:
@@ -218,14 +223,14 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
         target=target,
         fused={"LayerNormalization": counts["LayerNormalization"], "RMSNormalization": counts["RMSNormalization"],
                "SkipLayerNormalization": counts["SkipLayerNormalization"]},
-        rejected=[r.as_dict() for r in ctx.rejections],
+        rejected=[r.to_dict() for r in ctx.rejections],
         nodes_before=len(original.graph.node),
         nodes_after=len(fused.graph.node),
         opset_before=opset_before,
         opset_after=_opset(fused),
         channels_first=counts["channels_first"],
         notes=notes + ctx.notes,
-        applied=[{"rule": a.rule, "nodes": a.nodes} for a in ctx.applied],
+        rewrites=[{"rule": a.rule, "nodes": a.nodes} for a in ctx.applied],
         canonicalised=ctx.canonicalised,
     )
     if any(r["rule"].startswith("RMSNorm") and "opset" in r["reason"] for r in report.rejected):
@@ -241,7 +246,7 @@ def fuse_model(model, target: str = "onnx", *, opset: int | None = None, verify:
             culprit = _bisect(original, work, target, len(ctx.applied), extra_rules, seed)
             where = f"; first bad rewrite: {culprit['rule']} on nodes {', '.join(culprit['nodes'])}" if culprit else ""
             raise CheckFailedError(f"fused model differs from the original: {mismatches[0]}{where}; nothing written")
-        report.verified, report.max_error = True, worst
+        report.verified, report.max_relative_error = True, worst
     report.seconds = time.perf_counter() - t0
     return fused, report
 
@@ -312,5 +317,5 @@ def fuse_file(in_path, out_path, target: str = "onnx", *, report_path=None, **kw
     fused, report = fuse_model(in_path, target, **kwargs)
     save_onnx_atomic(fused, out_path)
     if report_path is not None:
-        write_text_atomic(report_path, report.to_json() + "\n")
+        write_text_atomic(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
