@@ -5,11 +5,12 @@ Importing this package is cheap; ``check_model`` and the runners import torch, o
 Polygraphy when first used.
 """
 
-__all__ = ["check_model", "parity_summary", "CheckReport", "TorchRunner", "LoadTorchModel", "perturb_epsilon", "perturb_scale"]
+__all__ = ["check_model", "parity_summary", "CheckOptions", "CheckReport", "TorchRunner", "LoadTorchModel", "perturb_epsilon", "perturb_scale"]
 
 _WHERE = {
     "check_model": "api",
     "parity_summary": "api",
+    "CheckOptions": "options",
     "CheckReport": "report",
     "TorchRunner": "runners",
     "LoadTorchModel": "runners",

@@ -5,7 +5,7 @@ Importing this package imports nothing heavy; onnx and onnxruntime load when a f
 
 from __future__ import annotations
 
-__all__ = ["convert_model", "ConversionReport", "DEFAULT_FP32_OPS", "PRECISIONS", "advise", "AdvisorReport",
+__all__ = ["convert_model", "ConvertOptions", "ConversionReport", "DEFAULT_FP32_OPS", "PRECISIONS", "advise", "AdvisorReport",
            "find_normalizations", "load_calibration"]
 
 
@@ -14,6 +14,10 @@ def __getattr__(name):
         from . import precision
 
         return getattr(precision, name)
+    if name == "ConvertOptions":
+        from .options import ConvertOptions
+
+        return ConvertOptions
     if name in ("advise", "AdvisorReport"):
         from . import advisor
 
