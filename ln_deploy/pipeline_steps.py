@@ -35,6 +35,27 @@ def convert_model(model_or_path, precision: str | None = None, *, options=None, 
     return convert(model_or_path, options=opts)
 
 
+def convert_file(in_path, out_path, precision: str | None = None, *, report_path=None, options=None, **kwargs):
+    """:func:`convert_model` on an untrusted model file, then the converted model (and the report as
+    JSON at ``report_path``) written atomically; the output paths are checked before any work.
+    Returns the ``ConversionReport``."""
+    import json
+
+    from . import progress
+    from .fileio import check_output_path, save_onnx_atomic, write_text_atomic
+
+    check_output_path(out_path)
+    if report_path is not None:
+        check_output_path(report_path)
+    to = precision or getattr(options, "precision", None)
+    with progress.step(f"converting {in_path}" + (f" to {to}" if to else "")):
+        model, report = convert_model(in_path, precision, options=options, **kwargs)
+    save_onnx_atomic(model, out_path)
+    if report_path is not None:
+        write_text_atomic(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
 def build_engine(model_path, output, **options) -> dict:
     """``ln_deploy.build.engine.build_engine`` that converts an fp32 graph first with
     :func:`convert_model` (target ``tensorrt``) when a lower precision is asked for."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 # The shared target names (ln_deploy.cli_args.TARGETS) as convert_model spells them: "ort-cpu" is
@@ -39,24 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .. import progress
-    from ..fileio import check_output_path, save_onnx_atomic, write_text_atomic
-    from ..pipeline_steps import convert_model  # fuses decomposed norms first (unless --no-fuse)
+    from ..pipeline_steps import convert_file  # fuses decomposed norms first (unless --no-fuse)
     from .precision import DEFAULT_FP32_OPS
 
-    check_output_path(args.output)
-    if args.report:
-        check_output_path(args.report)
-    with progress.step(f"converting {args.model} to {args.precision}"):
-        model, report = convert_model(
-            args.model, args.precision, keep_io_types=args.keep_io_types,
-            fp32_ops=tuple(args.fp32_op) if args.fp32_op is not None else DEFAULT_FP32_OPS,
-            fp32_nodes=tuple(args.fp32_node), calibration=args.inputs, spec=args.spec,
-            force_norm_fp16=args.force_norm_fp16, target=API_TARGETS[args.target], measure=not args.no_measure,
-            fuse=not args.no_fuse)
-    save_onnx_atomic(model, args.output)
-    if args.report:
-        write_text_atomic(args.report, json.dumps(report.to_dict(), indent=2) + "\n")
+    report = convert_file(
+        args.model, args.output, args.precision, report_path=args.report, keep_io_types=args.keep_io_types,
+        fp32_ops=tuple(args.fp32_op) if args.fp32_op is not None else DEFAULT_FP32_OPS,
+        fp32_nodes=tuple(args.fp32_node), calibration=args.inputs, spec=args.spec,
+        force_norm_fp16=args.force_norm_fp16, target=API_TARGETS[args.target], measure=not args.no_measure,
+        fuse=not args.no_fuse)
     print(report.summary())
     print(f"wrote {args.output}")
     return 0

@@ -147,7 +147,7 @@ def _run(sess, names, feeds, whose: str):
     except Exception as e:  # noqa: BLE001
         if whose == "original":
             raise BadInputError(f"the safety check cannot run the input model on random inputs "
-                                f"({_first_line(e)}); --no-check skips it") from None
+                                f"({_first_line(e)}); --no-verify skips it") from None
         raise InternalError(f"the fused model fails in ONNX Runtime where the original runs ({_first_line(e)})") from None
 
 
@@ -166,7 +166,7 @@ def _accepted_sets(original, ref_sess, out_names, seed):
         try:
             sets = input_sets(ref_sess, seed, shapes)
         except ValueError as e:
-            raise BadInputError(f"the safety check cannot feed the input model: {e}; --no-check skips it") from None
+            raise BadInputError(f"the safety check cannot feed the input model: {e}; --no-verify skips it") from None
         try:
             return sets, _run(ref_sess, out_names, sets["random"], "original")
         except BadInputError as e:
