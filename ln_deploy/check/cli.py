@@ -52,7 +52,7 @@ def run(args) -> int:
                          invariance=not args.no_invariance, batch_size=args.batch_size, threads=args.threads,
                          plots=not args.no_plots)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, default=str))
+        print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         print(report.console_table())
         if args.report_dir:

@@ -269,3 +269,16 @@ def test_plugins_is_plugin_in_a_real_check(small, tmp_path):
     base = ["check", spec, "--onnx", d / "m.onnx", "--engine", d / "m.onnx"]
     r_old, r_new = _same_run(tmp_path, [*base, "--plugins", missing], [*base, "--plugin", missing], "--plugins")
     assert r_old[0] == 2 and "plugin library not found" in r_new[2]
+
+
+def test_deploy_options_take_per_output_tolerances():
+    """deploy's --atol/--rtol now take check's [OUTPUT=]VALUE: DeployOptions holds one float (as
+    before) or the per-output dict, and hands either to check_model's tolerances."""
+    from ln_deploy.deploy.options import DeployOptions
+    from ln_deploy.errors import BadInputError
+
+    DeployOptions(atol=1e-3).validate()
+    DeployOptions(atol={"": 1e-3, "logits": 1e-2}, rtol={"logits": 0.1}).validate()
+    for bad in (-1.0, {"logits": float("nan")}, {"": -2}):
+        with pytest.raises(BadInputError, match="--atol must be a finite number"):
+            DeployOptions(atol=bad).validate()
