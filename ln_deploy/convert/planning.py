@@ -5,7 +5,7 @@ decomposed norms, weights beyond the range), by what ONNX Runtime's CPU provider
 from __future__ import annotations
 
 from . import norms as norms_mod
-from .graph import FLOAT, FLOAT16, TYPE_NAMES, subgraphs
+from .graph import BFLOAT16, DOUBLE, FLOAT, FLOAT16, TYPE_NAMES, subgraphs
 from .node_typing import DATA_MOVEMENT_OPS, FP16_MAX, SUBGRAPH_OPS, Typer, is_plugin
 from .report import ConversionReport
 from .rewrite import outer_refs_of_children
@@ -61,6 +61,10 @@ class Planner:
                 if sq and scope + node.name not in self.forced_low:
                     self.set(scope + node.name, "fp32", "policy: reduction of squares")
                     self.set(scope + p.name, "fp32", "policy: square feeding a reduction")
+        for key in index_arithmetic(graph, self.typer.orig):
+            if scope + key not in self.forced_low:
+                self.set(scope + key, "fp32", "index arithmetic: float math on integers whose result becomes "
+                                              "an integer again (a rounding would change the index)")
         # weights beyond the low type's range
         if self.typer.low == FLOAT16:
             import numpy as np
@@ -129,6 +133,82 @@ class Planner:
                         and any(x in prod for x in floats):
                     self.set(key, "fp32", "data movement between fp32 nodes")
                     changed = True
+
+
+_FLOATS = (FLOAT, FLOAT16, BFLOAT16, DOUBLE)
+# Ops whose float inputs become integers or booleans: where a value computed in float is discretised.
+_DISCRETISING = ("Cast", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Floor", "Ceil", "Round")
+# Periodic functions: an absolute error of the angle is the error of the result, however large the angle.
+_PERIODIC = ("Sin", "Cos")
+
+
+def index_arithmetic(graph, types: dict) -> list[str]:
+    """Names of the nodes doing float math on integers (positions, distances) whose result is
+    discretised again or taken modulo 2π: there a rounding is not a small relative error.
+
+    * T5's relative-position buckets: ``Cast(int → float) → Div → Log → Div → Mul → Cast(→ int64)``.
+      In fp16 the bucket floor(max_exact + log(n / max_exact) / log(max_distance / max_exact) · span)
+      moves by one wherever the fp32 value lies within a rounding of an integer, and the constant
+      log(max_distance / max_exact) itself rounds: the attention bias reads the wrong row (an O(1)
+      error). Hugging Face computes it in fp32 whatever the model's dtype.
+    * Rotary / sinusoidal angles ``position · inv_freq`` fed to Cos/Sin (LLaMA's rotary embedding):
+      fp16's spacing is 0.5 at 512..1024, so past a few hundred positions cos/sin of the rounded
+      angle is unrelated to the true one. Hugging Face computes these in fp32 too.
+
+    Such chains act on short vectors, so fp32 costs nothing, and the Casts inside them disappear.
+    A node qualifies when every float input derives from integers and constants only (int → float
+    Casts, Constant nodes, scalar or vector initializers such as ``inv_freq``, nodes of such inputs)
+    and its value reaches, through such nodes, an op that turns it into an integer or a boolean
+    (Cast to a non-float type, a comparison, Floor/Ceil/Round) or a Sin/Cos (marked too: its input
+    must stay fp32). Activations never qualify: a float graph input, a matrix or table initializer
+    (an embedding, a weight) or a tensor from an outer scope breaks the chain."""
+    prod = {o: n for n in graph.node for o in n.output if o}
+    vectors = {t.name for t in graph.initializer if sum(d > 1 for d in t.dims) <= 1}
+    memo: dict[str, bool] = {}
+
+    def from_ints(x: str) -> bool:
+        """The float tensor ``x`` is computed from integers and constants only."""
+        if x in memo:
+            return memo[x]
+        memo[x] = False  # guards against cycles (none in a valid graph)
+        if types.get(x) not in _FLOATS or x in vectors:
+            ok = True
+        elif x not in prod:
+            ok = False  # a float graph input, a matrix initializer, or a tensor captured from an outer scope
+        else:
+            n = prod[x]
+            if n.op_type == "Constant":
+                ok = True
+            elif any(True for _ in subgraphs(n)):
+                ok = False
+            else:
+                ok = all(from_ints(i) for i in n.input if i)
+        memo[x] = ok
+        return ok
+
+    marked: list[str] = []
+    seen: set[str] = set()
+    stack: list[str] = []
+    for n in graph.node:
+        float_in = [i for i in n.input if i and types.get(i) in _FLOATS]
+        if not float_in:
+            continue
+        if n.op_type in _PERIODIC and all(from_ints(i) for i in float_in) and n.name not in seen:
+            seen.add(n.name)
+            marked.append(n.name)
+        elif n.op_type not in _DISCRETISING or (n.op_type == "Cast" and any(types.get(o) in _FLOATS
+                                                                          for o in n.output)):
+            continue  # not a sink (a float → float Cast only changes the type)
+        stack += float_in
+    while stack:
+        x = stack.pop()
+        p = prod.get(x)
+        if p is None or p.name in seen or not from_ints(x):
+            continue
+        seen.add(p.name)
+        marked.append(p.name)
+        stack += [i for i in p.input if i and types.get(i) in _FLOATS]
+    return marked
 
 
 def break_norm_fusion(node_name, model, planner) -> bool:
