@@ -24,8 +24,13 @@ Each tool's output is measured in a child process (a native crash is recorded, t
   strict    the strict low-precision CPU reference (``ln_deploy.lowp_emulation.strict_emulation``, run
             unoptimised: every op rounded to its declared type, fp32 accumulation, as a strongly typed
             GPU engine computes) against the fp32 PyTorch output: max |err| and rel = max |err| / max |ref|,
-            over every output, on fresh seeded inputs (not the calibration inputs). This is the
-            definition ``ln-deploy check`` and ``convert`` use for fp16/bf16 graphs.
+            over every output and every batch, on ``--batches`` fresh seeded batches of the spec's input
+            shapes (not the calibration inputs; every tool sees the same batches), and the mean |err|.
+            This is the definition ``ln-deploy check`` and ``convert`` use for fp16/bf16 graphs.
+            Several batches because the max over one batch is a noisy statistic: on T5 the single batch
+            used before ranked ln_deploy 0.0034 against the anchors' 0.0032 while over 20 batches it
+            had the smaller max on 18 and a lower mean error; and a block at the edge of fp16's range
+            (overflow_residual) overflows on some batches only.
   all       ``ln_deploy.ort.probe_session`` at ORT_ENABLE_ALL (the default level of ORT, ``serve``
             and Triton's onnxruntime backend): ok, ``crash (SIGSEGV)`` or ORT's refusal.
   ort       the graph run on ORT's CPU provider through ``ln_deploy.ort.open_deployable`` (the known
@@ -87,8 +92,9 @@ def _torch():
 
 
 def overflow_residual_block():
-    """A residual stream above fp16's 65504 (|h| up to ~1.5e5), then nn.LayerNorm and a Linear: the
-    residual Add and the norm's input must stay fp32; the normalized output is fp16-safe."""
+    """A residual stream at the edge of fp16's 65504 (max |h| 5.5e4-7e4 per batch of N(0,1) inputs:
+    some batches overflow, some not), then nn.LayerNorm and a Linear: the residual Add and the norm's
+    input must stay fp32; the normalized output is fp16-safe."""
     torch, nn = _torch()
 
     class Block(nn.Module):
@@ -222,12 +228,24 @@ def measure_child() -> None:
 
     path, data = sys.argv[2], np.load(sys.argv[3])
     model = onnx.load(path)
-    inputs = [data[f"in{i}"] for i in range(sum(k.startswith("in") for k in data.files))]
-    refs = [data[f"ref{i}"] for i in range(sum(k.startswith("ref") for k in data.files))]
-    np_types = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.FLOAT: np.float32,
-                onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+    n_batches = len({k.split("_")[0] for k in data.files})
+    batches = []
+    for b in range(n_batches):
+        keys = [k.split("_", 1)[1] for k in data.files if k.startswith(f"b{b}_")]
+        batches.append(([data[f"b{b}_in{i}"] for i in range(sum(k.startswith("in") for k in keys))],
+                        [data[f"b{b}_ref{i}"] for i in range(sum(k.startswith("ref") for k in keys))]))
 
-    def feeds(sess):
+    def run_all(sess):
+        """Errors over every batch: max |err|, max rel, mean |err|, any non-finite; abs0 = batch 0's max."""
+        per = []
+        for inputs, refs in batches:
+            per.append(errors(sess.run(None, feeds(sess, inputs)), refs))
+        return {"abs": max(p["abs"] for p in per), "rel": max(p["rel"] for p in per),
+                "mean_abs": float(np.mean([p["mean_abs"] for p in per])),
+                "nonfinite": any(p["nonfinite"] for p in per),
+                "nonfinite_batches": sum(p["nonfinite"] for p in per), "batches": len(per), "abs0": per[0]["abs"]}
+
+    def feeds(sess, inputs):
         out = {}
         for i, (meta, x) in enumerate(zip(sess.get_inputs(), inputs)):
             t = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(int64)": np.int64,
@@ -235,8 +253,8 @@ def measure_child() -> None:
             out[meta.name] = x.astype(t)
         return out
 
-    def errors(outs):
-        abs_err, rel, nonfinite = 0.0, 0.0, False
+    def errors(outs, refs):
+        abs_err, rel, nonfinite, tot, cnt = 0.0, 0.0, False, 0.0, 0
         for got, ref in zip(outs, refs):
             got = np.asarray(got, dtype=np.float64).reshape(ref.shape)
             nonfinite |= not np.all(np.isfinite(got))
@@ -244,23 +262,23 @@ def measure_child() -> None:
             e = np.where(np.isnan(e), np.inf, e)
             a = float(e.max())
             abs_err, rel = max(abs_err, a), max(rel, a / max(float(np.abs(ref).max()), 1e-30))
-        return {"abs": abs_err, "rel": rel, "nonfinite": bool(nonfinite)}
+            tot, cnt = tot + float(e.sum()), cnt + e.size
+        return {"abs": abs_err, "rel": rel, "mean_abs": tot / max(cnt, 1), "nonfinite": bool(nonfinite)}
 
     def emit(d):
         sys.stdout.write(json.dumps(d) + "\n")
         sys.stdout.flush()
 
-    del np_types
     try:
         sess = ln_ort.open_session(strict_emulation(model), ln_ort.UNOPTIMIZED, probe=False)
-        emit({"stage": "strict", **errors(sess.run(None, feeds(sess)))})
+        emit({"stage": "strict", **run_all(sess)})
     except Exception as e:  # noqa: BLE001 - recorded, not fatal
         emit({"stage": "strict", "error": ln_ort.first_line(e, 160)})
     r = ln_ort.probe_session(path, ln_ort.DEFAULT)
     emit({"stage": "all", "ok": r.ok, "crashed": r.crashed, "signal": r.signal_name, "error": r.error[:160]})
     try:
         sess, dep = ln_ort.open_deployable(path, ln_ort.DEFAULT, probe=True)
-        emit({"stage": "ort", "config": dep.config.describe(), **errors(sess.run(None, feeds(sess)))})
+        emit({"stage": "ort", "config": dep.config.describe(), **run_all(sess)})
     except Exception as e:  # noqa: BLE001
         emit({"stage": "ort", "error": ln_ort.first_line(e, 160)})
 
@@ -292,8 +310,9 @@ def measure(path: Path, data: Path) -> dict:
 
 # --------------------------------------------------------------------------- the run
 
-def prepare(name: str, spec: str, work: Path) -> tuple[Path, Path]:
-    """Export the fp32 ONNX and write fresh seeded inputs + the PyTorch reference outputs."""
+def prepare(name: str, spec: str, work: Path, batches: int = 1) -> tuple[Path, Path]:
+    """Export the fp32 ONNX and write ``batches`` fresh seeded input batches (the spec's shapes) + the
+    PyTorch reference outputs (batch 0 is the single batch earlier runs used)."""
     import numpy as np
     import torch
 
@@ -305,26 +324,31 @@ def prepare(name: str, spec: str, work: Path) -> tuple[Path, Path]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         export_model(loaded, src)
     g = torch.Generator().manual_seed(1234)
-    xs = []
-    for x in loaded.example_inputs:
-        if x.dtype.is_floating_point:
-            xs.append(torch.randn(x.shape, generator=g, dtype=x.dtype))
-        else:
-            hi = int(x.max()) + 1 if x.numel() else 2
-            xs.append(torch.randint(0, max(hi, 2), x.shape, generator=g, dtype=x.dtype))
-    with torch.no_grad():
-        refs = loaded.call(*xs)
+    arrays = {}
+    for b in range(batches):
+        xs = []
+        for x in loaded.example_inputs:
+            if x.dtype.is_floating_point:
+                xs.append(torch.randn(x.shape, generator=g, dtype=x.dtype))
+            else:
+                hi = int(x.max()) + 1 if x.numel() else 2
+                xs.append(torch.randint(0, max(hi, 2), x.shape, generator=g, dtype=x.dtype))
+        with torch.no_grad():
+            refs = loaded.call(*xs)
+        arrays.update({f"b{b}_in{i}": x.numpy() for i, x in enumerate(xs)})
+        arrays.update({f"b{b}_ref{i}": r.double().numpy() for i, r in enumerate(refs)})
     data = work / f"{name}.npz"
-    np.savez(data, **{f"in{i}": x.numpy() for i, x in enumerate(xs)},
-             **{f"ref{i}": r.double().numpy() for i, r in enumerate(refs)})
+    np.savez(data, **arrays)
     return src, data
 
 
 def _fmt_err(m: dict) -> str:
     if "error" in m:
         return m["error"]
+    if m["nonfinite"]:
+        return f"NaN/inf on {m.get('nonfinite_batches', '?')} of {m.get('batches', '?')} batches"
     s = f"{m['abs']:.2g} / {m['rel']:.2g}"
-    return s + (" NaN/inf" if m["nonfinite"] else "")
+    return s + (f" (mean {m['mean_abs']:.2g})" if "mean_abs" in m else "")
 
 
 def cell(res: dict) -> dict:
@@ -342,7 +366,7 @@ def cell(res: dict) -> dict:
         all_s = "refused: " + a.get("error", "")[:80]
     return {"converted": "yes", "strict": _fmt_err(ms.get("strict", {"error": "not reached"})), "all": all_s,
             "ort": _fmt_err(ms.get("ort", {"error": "not reached"})),
-            "casts": f"{res['casts']} (+{res['casts'] - res['casts_src']})",
+            "casts": f"{res['casts']} ({res['casts'] - res['casts_src']:+d})",
             "fp16": "-" if res["fp16"] is None else f"{100 * res['fp16']:.0f}%",
             "seconds": f"{res['seconds']:.1f}"}
 
@@ -371,22 +395,36 @@ def modelopt_version(py: str | None) -> str:
     return f"nvidia-modelopt {mv} (its venv: onnx {ov}, onnxruntime {rv})"
 
 
+def _short(err: str) -> str:
+    """ORT's refusal as its status word ('refused by ORT: FAIL'), a conversion failure as its exit."""
+    if "[ONNXRuntimeError]" in err:
+        parts = [p.strip() for p in err.split(":")]
+        return "refused by ORT: " + (parts[2] if len(parts) > 2 else "error")
+    return err
+
+
 def table(results: dict, tools: list[str]) -> str:
+    """The docs/precision.md table: strict max |err| / rel (mean |err|); Casts (added); fp16 share;
+    what ORT_ENABLE_ALL does when it is not 'ok'."""
     lines = ["| model | " + " | ".join(tools) + " |", "|---|" + "---|" * len(tools)]
     for name, per_tool in results.items():
         row = []
         for t in tools:
             c = cell(per_tool[t])
             if c["converted"] != "yes":
-                row.append(c["converted"])
-            else:
-                row.append(f"{c['strict']}; ALL {c['all']}; ort {c['ort']}; casts {c['casts']}; fp16 {c['fp16']}")
+                why = c["converted"][len("no: "):]
+                row.append(f"failed ({why.split(':')[0]})")
+                continue
+            s = f"{_short(c['strict'])}; {c['casts']} Casts; {c['fp16']} fp16"
+            if c["all"] != "ok":
+                s += "; ENABLE_ALL " + (c["all"] if c["all"].startswith("crash") else "refused (load error)")
+            row.append(s)
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def verdict(results: dict, tools: list[str]) -> list[str]:
-    """Per model: ln_deploy's strict max |err| against the best anchor's (converted, loads, finite)."""
+    """Per model: ln_deploy's strict max |err| over every batch against the best anchor's (converted, loads, finite on every batch)."""
     out = []
     for name, per_tool in results.items():
         ln = per_tool.get("ln_deploy", {})
@@ -405,7 +443,9 @@ def verdict(results: dict, tools: list[str]) -> list[str]:
             out.append(f"{name}: ln_deploy {s['abs']:.2g}; no anchor gives a finite strict result")
         else:
             mark = "ok" if s["abs"] <= best * 1.0 + 1e-12 else "WORSE"
-            out.append(f"{name}: ln_deploy {s['abs']:.2g} vs best anchor {best_t} {best:.2g}: {mark}")
+            mean = lambda d: f" (mean {d['mean_abs']:.2g})" if "mean_abs" in d else ""  # noqa: E731
+            out.append(f"{name}: ln_deploy {s['abs']:.2g}{mean(s)} vs best anchor {best_t} {best:.2g}"
+                       f"{mean(per_tool[best_t]['measure']['strict'])}: {mark}")
     return out
 
 
@@ -419,6 +459,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results JSON and table here (a .json and a .md)")
     ap.add_argument("--modelopt-python", default=DEFAULT_MODELOPT_PY)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--batches", type=int, default=8, help="seeded input batches each output is measured on")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(a.work or tempfile.mkdtemp(prefix="compare_precision."))
@@ -429,7 +470,7 @@ def main(argv=None) -> int:
     results: dict = {}
     t_start = time.time()
     for name in names:
-        src, data = prepare(name, MODELS[name], work)
+        src, data = prepare(name, MODELS[name], work, a.batches)
         casts_src = casts(onnx.load(src))
         results[name] = {}
         for tool in a.tools:
@@ -454,7 +495,7 @@ def main(argv=None) -> int:
     if a.out:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
                 "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions(),
-                "modelopt": modelopt_version(a.modelopt_python), "seconds": elapsed}
+                "modelopt": modelopt_version(a.modelopt_python), "batches": a.batches, "seconds": elapsed}
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
