@@ -4,16 +4,16 @@ Polygraphy's ``tools/args`` is the model: an option that several tools take is d
 place, and each tool subscribes to it. Here each ``add_*`` function adds one idea to a subcommand's
 parser, and ``tests/cli/test_option_names.py`` walks every subcommand to hold them to it:
 
-=====================  =========================================================================
-``--plugin LIB.so``    a TensorRT plugin library, repeatable (``package``/``deploy``: one at most)
-``--report FILE.json`` a report written as one JSON file (``check --report-dir DIR`` writes a folder)
-``--inputs FILE.npz``  real inputs, one array per graph input name
-``--no-verify``        skip the ONNX Runtime run that proves the written file computes what its
-                       source computes (``convert --no-measure`` is another idea: it changes the plan)
-``--target``           ``onnx`` (deployed on ONNX Runtime) or ``tensorrt`` (a TensorRT engine)
-``--precision``        fp32/fp16/bf16 (and check's ``auto``), validated by one function
-``--atol``/``--rtol``  ``[OUTPUT=]VALUE``, repeatable: every output, or one named output
-=====================  =========================================================================
+- ``--plugin LIB.so``: a TensorRT plugin library, repeatable (``package``/``deploy``: one at most);
+- ``--report REPORT.json``: a report written as one JSON file (``check --report-dir DIR`` writes a folder);
+- ``--inputs FILE.npz``: real inputs, one array per graph input name;
+- ``--no-verify``: skip the ONNX Runtime run that proves the written file computes what its source
+  computes (``convert --no-measure`` is another idea: the measurement changes the plan);
+- ``--target onnx|tensorrt``: deployed on ONNX Runtime, or as a TensorRT engine;
+- ``--precision``: fp32/fp16/bf16 (and check's ``auto``), validated by one function;
+- ``--atol``/``--rtol [OUTPUT=]VALUE``: repeatable, every output or one named output (export holds
+  every output to one number: ``--atol VALUE``);
+- ``--checkpoint FILE``: weights for the SPEC's model.
 
 Old spellings stay accepted for one release as deprecated aliases (:func:`deprecated_alias`,
 ``deprecated_values=``): hidden from the option list, named in the subcommand's epilog, and each
@@ -34,6 +34,8 @@ import sys
 TARGETS = ("onnx", "tensorrt")
 TARGET_HELP = "onnx (default): deployed on ONNX Runtime (serve, Triton's onnxruntime backend); tensorrt: " \
               "deployed as a TensorRT engine"
+CHECKPOINT_HELP = "weights for the SPEC's model: .safetensors, or a state_dict torch.load(weights_only=True) " \
+                  "reads (anything needing arbitrary unpickling is refused)"
 PLUGIN_HELP = "a TensorRT plugin library (ln_deploy's libln_deploy_plugins.so or another)"
 REPORT_HELP = "write the {what} report as JSON to this file"
 INPUTS_HELP = "real inputs: a .npz with one array per input name"
@@ -151,6 +153,12 @@ def add_plugin(parser, role: str, *, single: str | None = None, deprecated=()) -
 def one(values):
     """The single value of a repeatable option limited to one (``add_plugin(single=...)``), or None."""
     return values[0] if values else None
+
+
+def add_checkpoint(parser, detail: str = "") -> argparse.Action:
+    """``--checkpoint FILE``: weights for the SPEC's model."""
+    return parser.add_argument("--checkpoint", metavar="FILE", default=None,
+                               help=CHECKPOINT_HELP + (f"; {detail}" if detail else ""))
 
 
 def add_report(parser, what: str) -> argparse.Action:

@@ -9,11 +9,11 @@ from __future__ import annotations
 def add_arguments(p) -> None:
     p.add_argument("spec", metavar="SPEC", help="the PyTorch model: path/to/file.py:NAME or package.module:NAME")
     p.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="the deployed ONNX model")
-    p.add_argument("--checkpoint", metavar="FILE", help="weights for SPEC (.safetensors or a state_dict)")
+    from ..cli_args import add_checkpoint, add_inputs, add_plugin, add_precision, add_report_dir, add_tolerances
+
+    add_checkpoint(p)
     p.add_argument("--engine", metavar="ENGINE.plan",
                    help="a TensorRT engine built from the ONNX model (run where TensorRT and a GPU are present)")
-    from ..cli_args import add_inputs, add_plugin, add_precision, add_report_dir, add_tolerances
-
     add_plugin(p, "loaded before deserializing the engine", deprecated=("--plugins",))
     add_precision(p, ("auto", "fp32", "fp16", "bf16"), "the deployed model's precision, selecting the tolerance "
                   "profile (default auto: read from the model's initializers); the reference is always "

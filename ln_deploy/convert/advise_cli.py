@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,15 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .. import progress
-    from ..fileio import check_output_path, write_text_atomic
-    from .advisor import advise
+    from .advisor import advise_file
 
-    if args.report:
-        check_output_path(args.report)
-    with progress.step(f"measuring normalization inputs of {args.model}"):
-        rep = advise(args.model, calibration=args.inputs, spec=args.spec, precision=args.precision,
-                     force_norm_fp16=args.force_norm_fp16, scale=args.scale)
+    rep = advise_file(args.model, report_path=args.report, calibration=args.inputs, spec=args.spec,
+                      precision=args.precision, force_norm_fp16=args.force_norm_fp16, scale=args.scale)
     print(f"calibration: {rep.calibration}; judged conversion: {rep.precision}"
           + (" with statistics forced to fp16" if rep.force_norm_fp16 else ""))
     print(rep.table())
@@ -44,6 +38,4 @@ def run(args) -> int:
         print("no normalization overflows under this conversion")
     for n in rep.notes:
         print(f"note: {n}")
-    if args.report:
-        write_text_atomic(args.report, json.dumps(rep.to_dict(), indent=2) + "\n")
     return 1 if (args.fail_on_overflow and rep.flagged) else 0

@@ -177,3 +177,20 @@ def _handling(site, precision: str, force: bool) -> tuple[str, bool]:
     if site.form == "fused":
         return f"{site.op_type} stash_type=1: statistics in fp32", True
     return "decomposed: fused first (stash_type=1), else kept in fp32 by the policy", True
+
+
+def advise_file(model_path, *, report_path=None, **kwargs) -> AdvisorReport:
+    """:func:`advise` on an untrusted model file; the report also written as JSON to ``report_path``
+    (checked before any work, written atomically)."""
+    import json
+
+    from .. import progress
+    from ..fileio import check_output_path, write_text_atomic
+
+    if report_path is not None:
+        check_output_path(report_path)
+    with progress.step(f"measuring normalization inputs of {model_path}"):
+        rep = advise(model_path, **kwargs)
+    if report_path is not None:
+        write_text_atomic(report_path, json.dumps(rep.to_dict(), indent=2) + "\n")
+    return rep

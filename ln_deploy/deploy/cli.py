@@ -15,12 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="WORKDIR",
                    help="work folder for every stage's artifact and report (created; reused by a second run)")
     p.add_argument("--name", help="the model's name in the repository (default: the SPEC's NAME)")
-    from ..cli_args import add_inputs, add_plugin, add_precision, add_target, add_tolerances
+    from ..cli_args import add_checkpoint, add_inputs, add_plugin, add_precision, add_target, add_tolerances
 
     add_precision(p, ("fp32", "fp16", "bf16"), "the deployed precision (default fp32)", default="fp32")
     add_target(p, "Here: tensorrt fuses to plugin ops and builds an engine where TensorRT is present")
     p.add_argument("--repo", metavar="DIR", help="the Triton model repository (default WORKDIR/repo)")
-    p.add_argument("--checkpoint", metavar="FILE", help="weights to load into the SPEC's model (safetensors or torch)")
+    add_checkpoint(p)
     p.add_argument("--onnx", metavar="MODEL.onnx",
                    help="deploy this ONNX file (exported elsewhere) instead of exporting SPEC; check proves it against SPEC")
     p.add_argument("--dynamic-axes", action="append", default=None, metavar="NAME:AXIS=LABEL[,...]",

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 def add_arguments(p) -> None:
     p.add_argument("model_dir", metavar="REPO/NAME", help="a model folder written by `ln-deploy deploy`")
-    p.add_argument("--checkpoint", metavar="FILE", help="the weights the SPEC was deployed with, if any")
+    from ..cli_args import add_checkpoint
+
+    add_checkpoint(p, "the ones the SPEC was deployed with, if any")
     p.add_argument("--hash-only", action="store_true", help="check the hashes only (no parity run)")
 
 

@@ -7,8 +7,9 @@ def add_arguments(p) -> None:
     p.add_argument("spec", metavar="SPEC", help="path/to/file.py:NAME or package.module:NAME; NAME() returns "
                    "an nn.Module or (module, example_inputs)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the model")
-    p.add_argument("--checkpoint", metavar="FILE", help="weights: .safetensors, or a state_dict readable with "
-                   "torch.load(weights_only=True); anything needing arbitrary unpickling is refused")
+    from ..cli_args import add_checkpoint, add_no_verify, add_tolerances
+
+    add_checkpoint(p)
     p.add_argument("--opset", type=int, help="ONNX opset (>= 17; default: the exporter's own)")
     p.add_argument("--rnn-mode", choices=("scan", "step", "unroll"),
                    help="recurrent models: scan = one graph for any sequence length (default), step = the cell "
@@ -22,10 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
                    help="torch.onnx exporter: dynamo (default in torch), legacy TorchScript, or auto = dynamo "
                         "with a fallback to legacy (default)")
-    from ..cli_args import add_no_verify, add_tolerances
-
-    add_tolerances(p, "the largest |ONNX Runtime - PyTorch| accepted "
-                      "before the file is kept (default 1e-4)", rtol=False, per_output=False, default=1e-4)
+    add_tolerances(p, "the largest |ONNX Runtime - PyTorch| accepted before the file is kept (default 1e-4)",
+                   rtol=False, per_output=False, default=1e-4)
     add_no_verify(p, "the PyTorch model")
 
 

@@ -22,6 +22,7 @@ from ln_deploy.cli import build_parser, main
 # dest -> the help text every subcommand taking it starts with.
 SHARED = {
     "plugin": cli_args.PLUGIN_HELP,
+    "checkpoint": cli_args.CHECKPOINT_HELP,
     "report": cli_args.REPORT_HELP.split("{")[0],
     "inputs": cli_args.INPUTS_HELP,
     "no_verify": cli_args.NO_VERIFY_HELP.split("{")[0],
@@ -70,6 +71,7 @@ def test_every_subcommand_uses_the_shared_vocabulary():
                 seen.setdefault(a.dest, []).append((name, a))
     # Every idea is taken by the commands it belongs to, under one spelling.
     assert {n for n, _ in seen["plugin"]} == {"build", "check", "package", "deploy"}
+    assert {n for n, _ in seen["checkpoint"]} == {"export", "check", "deploy", "verify"}
     assert {n for n, _ in seen["report"]} == {"fuse", "convert", "advise"}
     assert {n for n, _ in seen["inputs"]} == {"convert", "advise", "check", "deploy"}
     assert {n for n, _ in seen["no_verify"]} == {"export", "fuse"}
