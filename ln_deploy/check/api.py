@@ -153,7 +153,7 @@ def check_model(spec, onnx_path, *, options: CheckOptions | None = None, **kwarg
             if found is not None:
                 plugins = (str(found),)
                 report.notes.append(f"loaded ln_deploy's TensorRT plugin {found} (ln_deploy.kernels.plugin_library; "
-                                    "--plugins chooses another)")
+                                    "--plugin chooses another)")
 
         if expanded:
             report.notes.append(
