@@ -112,9 +112,10 @@ class _GuardLog(logging.Filter):
         return None
 
 
-def _user_frame() -> str:
-    """The innermost frame of the user's code (not torch, not ln_deploy, not the standard library)."""
-    for fr in reversed(traceback.extract_stack()[:-3]):
+def _user_frame(frames=None) -> str:
+    """The innermost frame of the user's code (not torch, not ln_deploy, not the standard library), in
+    ``frames`` (an exception's ``traceback.extract_tb``) or else the current stack."""
+    for fr in reversed(traceback.extract_stack()[:-3] if frames is None else frames):
         f = fr.filename.replace("\\", "/")
         if ("/torch/" in f or "/ln_deploy/" in f or f.startswith("<") or "/logging/" in f
                 or "/python3." in f and "site-packages" not in f):

@@ -310,10 +310,15 @@ def _export_module(loaded, out_names, requested, opset, exporter, mode, notes, a
     params = parameter_names(loaded.input_names)
     flat = flat_module(loaded, params)
     cands = candidate_axes(loaded.input_names, loaded.example_inputs, mode)
-    probed: dict = {}  # (input, axis) -> decision fixed by the sweep
+    # (input, axis) -> decision fixed before torch.export (the model refuses to vary it) or by the sweep
+    probed: dict = _axes_the_model_refuses(loaded, cands, requested)
+    for name, k in probed:
+        cands[name].pop(k, None)
+    first = True
     while True:
         model, used, decisions = _export_flat(flat, loaded.example_inputs, params, loaded.input_names, out_names,
-                                              cands, requested, opset, exporter, notes if not probed else [])
+                                              cands, requested, opset, exporter, notes if first else [])
+        first = False
         exporter = used  # a second round never retries an exporter that failed
         decisions = [probed.get((d.input, d.axis), d) for d in decisions]
         decisions += [d for k, d in probed.items() if all((x.input, x.axis) != k for x in decisions)]
@@ -342,6 +347,64 @@ def _export_module(loaded, out_names, requested, opset, exporter, mode, notes, a
                 d.why = f"the {used} graph does not honour it: at {r['case']} {r['problem']}"
                 probed[(d.input, d.axis)] = d
                 cands.get(d.input, {}).pop(d.axis, None)
+
+
+def _axes_the_model_refuses(loaded, cands, requested) -> dict:
+    """Candidate axes along which the PyTorch model itself refuses every size but the example's:
+    (input, axis) -> a fixed AxisDecision, decided before torch.export sees them.
+
+    torch.export would specialise such an axis, or the sweep would fix it afterwards, but its symbolic
+    reasoning about it first can take minutes: torchvision's MaxViT (its window partitions reshape H and
+    W by a grid fixed at construction) spent over 5 minutes in sympy at 32x32 with H and W as
+    ``Dim.AUTO``, against 14 s with them fixed. Each label (split as the sweep splits them,
+    ``_distinct_labels``) is run in eager PyTorch at twice the example's size, the prime above it and
+    half the example (not 1: a conv stem refusing height 1 says nothing; not one below: a stride-2 stem
+    maps 31 and 32 to the same size), the other axes at the example's. An axis is fixed only when all of
+    them raise, so one with any range (a position table longer than the example, or as long as it) still
+    goes to torch.export and the sweep. Requested axes are not probed."""
+    import traceback
+
+    import numpy as np
+    import torch
+
+    from ..shape_sweep import ShapeCase, random_feed, sweep_sizes
+    from .axes import AxisDecision, _user_frame
+
+    names, args = loaded.input_names, loaded.example_inputs
+    probe = {n: a for n, a in cands.items() if n not in requested and a}
+    groups: dict = {}  # label -> [(input, axis)]
+    for name, a in _distinct_labels(probe, args, names).items():
+        for k, label in a.items():
+            groups.setdefault(label, []).append((name, k))
+    examples = {n: t.detach().cpu().numpy() for n, t in zip(names, args)}
+    rng = np.random.default_rng(0)
+    out = {}
+    for label, places in groups.items():
+        ex = int(args[names.index(places[0][0])].shape[places[0][1]])
+        refused, first = [], None  # sizes PyTorch raised at; (case, error, model line) of the first
+        for size in dict.fromkeys(s for s in sweep_sizes(ex) + [ex // 2] if s >= 2 and s != ex):
+            shapes = {n: list(a.shape) for n, a in examples.items()}
+            for n, k in places:
+                shapes[n][k] = size
+            feed = random_feed(examples, shapes, rng)
+            try:
+                with torch.no_grad():
+                    loaded.call(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names))
+            except Exception as e:  # noqa: BLE001 - the model refusing this size is the answer sought
+                interrupts.raise_if_interrupted(e)
+                refused.append(size)
+                first = first or (ShapeCase(label, size, shapes).describe(),
+                                  f"{type(e).__name__}: {_first_line(e)[:200]}",
+                                  _user_frame(traceback.extract_tb(e.__traceback__)))
+                continue
+            break
+        else:  # every size raised (there is always one to try: 2x the example is >= 2)
+            case, err, where = first
+            why = (f"the model requires size {ex} (PyTorch's forward() refuses {', '.join(map(str, refused))}; "
+                   f"at {case}: {err}" + (f"; raised at {where})" if where else ")"))
+            for n, k in places:
+                out[(n, k)] = AxisDecision(n, k, label, False, why)
+    return out
 
 
 def _export_flat(module, args, params, input_names, output_names, candidates, requested, opset, exporter, notes):

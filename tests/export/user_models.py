@@ -108,6 +108,27 @@ def vit():
     return TinyViT(), (torch.randn(2, 3, 16, 16),)
 
 
+
+class FixedGrid(nn.Module):
+    """Window partition with the grid fixed at construction, as torchvision's MaxViT: every image size but
+    the example's is refused (here 16, 11 and 4 for 8), so H and W are fixed before torch.export sees them."""
+
+    def __init__(self, image=8, p=2, dim=D):
+        super().__init__()
+        self.grid, self.p = image // p, p
+        self.conv, self.norm, self.head = nn.Conv2d(3, dim, 1), nn.LayerNorm(dim), nn.Linear(dim, 3)
+
+    def forward(self, images):
+        x = self.conv(images)
+        B, C, H, W = x.shape
+        x = x.reshape(B, C, self.grid, self.p, self.grid, self.p).permute(0, 2, 4, 3, 5, 1)
+        x = x.reshape(B, self.grid * self.grid, self.p * self.p, C)
+        return self.head(self.norm(x).mean((1, 2)))
+
+
+def fixed_grid():
+    return FixedGrid(), (torch.randn(2, 3, 8, 8),)
+
 class ArgsWrapper(nn.Module):
     """The generic wrapper: forward(self, *args) -> the wrapped model's logits."""
 
