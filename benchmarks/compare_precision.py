@@ -424,7 +424,8 @@ def table(results: dict, tools: list[str]) -> str:
 
 
 def verdict(results: dict, tools: list[str]) -> list[str]:
-    """Per model: ln_deploy's strict max |err| over every batch against the best anchor's (converted, loads, finite on every batch)."""
+    """Per model: ln_deploy's strict max |err| over every batch against the best anchor's (converted,
+    loads, finite on every batch)."""
     out = []
     for name, per_tool in results.items():
         ln = per_tool.get("ln_deploy", {})
