@@ -254,7 +254,7 @@ def probe_session(model, config: SessionConfig = DEFAULT) -> ProbeResult:
     version = _ort_version()
     key = hashlib.sha256(f"{_model_hash(model)}|{version}|{config.key()}".encode()).hexdigest()[:32]
     if key in _MEMO:
-        return dataclasses.replace(_MEMO[key], cached=True)
+        return _named(dataclasses.replace(_MEMO[key], cached=True), model)
     disk = _cache_dir() / f"{key}.json"
     try:
         d = json.loads(disk.read_text())
@@ -263,7 +263,7 @@ def probe_session(model, config: SessionConfig = DEFAULT) -> ProbeResult:
                                 "cached": True})
         if result.ort_version == version and result.config.key() == config.key():
             _MEMO[key] = result
-            return result
+            return _named(result, model)
     except (OSError, ValueError, TypeError, KeyError):
         pass  # no cache entry (or an unreadable one): probe
     result = _run_child(model, config, version)
@@ -275,7 +275,18 @@ def probe_session(model, config: SessionConfig = DEFAULT) -> ProbeResult:
         os.replace(tmp, disk)
     except OSError as e:  # a read-only home: the in-memory cache still holds
         log.debug("cannot write the probe cache %s: %s", disk, e)
-    return result
+    return _named(result, model)
+
+
+_MODEL = "<model>"  # the probed file's path in a cached error: the cache is keyed by content, not by path
+
+
+def _named(result: ProbeResult, model) -> ProbeResult:
+    """``result`` with its error naming this call's file (a cached entry may come from another path)."""
+    if _MODEL not in result.error:
+        return result
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "the model"
+    return dataclasses.replace(result, error=result.error.replace(_MODEL, name))
 
 
 def _run_child(model, config: SessionConfig, version: str) -> ProbeResult:
@@ -305,7 +316,7 @@ def _run_child(model, config: SessionConfig, version: str) -> ProbeResult:
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode == 0 and last.startswith("{"):
         d = json.loads(last)
-        return ProbeResult(config, ok=d["ok"], error=d.get("error", ""), ort_version=version)
+        return ProbeResult(config, ok=d["ok"], error=d.get("error", "").replace(path, _MODEL), ort_version=version)
     sig = ""
     if proc.returncode < 0:
         try:
@@ -314,7 +325,7 @@ def _run_child(model, config: SessionConfig, version: str) -> ProbeResult:
             sig = f"signal {-proc.returncode}"
     tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     return ProbeResult(config, ok=False, crashed=True, signal_name=sig,
-                       error=(tail[-1][:200] if tail else ""), ort_version=version)
+                       error=(tail[-1].replace(path, _MODEL)[:200] if tail else ""), ort_version=version)
 
 
 def _child_main() -> None:

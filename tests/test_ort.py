@@ -90,6 +90,23 @@ def test_refused_graph_is_not_a_crash():
     assert not r.ok and not r.crashed and r.error
 
 
+def test_a_cached_refusal_names_the_file_being_probed(tmp_path):
+    """The cache is keyed by content: a refusal first seen under another path names this one."""
+    m = transpose_matmul_fp16()
+    m.graph.node[1].input[1] = "missing"
+    paths = [tmp_path / "a" / "first.onnx", tmp_path / "b" / "second.onnx"]
+    for p in paths:
+        p.parent.mkdir()
+        onnx.save(m, p)
+    first = ln_ort.probe_session(str(paths[0]))
+    assert not first.ok and str(paths[0]) in first.error
+    for again in (ln_ort.probe_session(str(paths[1])), ln_ort.probe_session(paths[1])):
+        assert again.cached and str(paths[1]) in again.error and str(paths[0]) not in again.error
+    ln_ort._MEMO.clear()  # from the disk cache, as a new process reads it
+    again = ln_ort.probe_session(str(paths[1]))
+    assert again.cached and str(paths[1]) in again.error and str(paths[0]) not in again.error
+
+
 def test_parse_error_reads_the_node_name():
     g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"], name="the_add")], "g",
                           [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
