@@ -15,6 +15,7 @@ named by ``output_names_of`` (``output``, ``output_0``..., or a dict's / ModelOu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -59,7 +60,33 @@ class LoadedModel:
     def call(self, *flat) -> tuple:
         """Run forward() on flat input tensors; returns the output's tensors, flattened (see flatten_output)."""
         args, kwargs = self.arguments(flat)
-        return tuple(t for _, t in flatten_output(self.module(*args, **kwargs)))
+        with attributes_restored(self.module):
+            return tuple(t for _, t in flatten_output(self.module(*args, **kwargs)))
+
+
+@contextlib.contextmanager
+def attributes_restored(module):
+    """Every forward (or trace) ln_deploy runs leaves the model's Python attributes as it found them.
+
+    Some models rewrite their own attributes in forward(): Hugging Face's Swin shrinks each layer's
+    window to the input's resolution, for good, so one probe at a small image broke every later call
+    at the example size (and the reference ``check`` compares with). Each submodule's attributes are
+    put back by identity afterwards; parameters, buffers and submodules are the model's declared
+    state and are not touched."""
+    saved = [(m, dict(m.__dict__)) for m in module.modules()] if hasattr(module, "modules") else []
+    try:
+        yield
+    finally:
+        for m, before in saved:
+            now = m.__dict__
+            for key in [k for k in now if k not in before]:
+                del now[key]
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    now[key] = value
+
+
+_MISSING = object()
 
 
 def is_recurrent(module) -> bool:

@@ -158,8 +158,11 @@ class TorchRunner(BaseRunner):
 
     def _call(self, args):
         """forward(*args); the user's model raising is bad input (one line), not a traceback."""
+        from ..spec import attributes_restored
+
         try:
-            return self._invoke(*args) if self._invoke is not None else self.module(*args)
+            with attributes_restored(self.module):
+                return self._invoke(*args) if self._invoke is not None else self.module(*args)
         except Exception as e:
             lines = str(e).strip().splitlines()
             raise BadInputError(f"the PyTorch model's forward() raised {type(e).__name__}: "

@@ -148,6 +148,8 @@ def export_program(module, args, params, input_names, candidates, requested):
     import torch
     from torch.export import Dim
 
+    from ..spec import attributes_restored
+
     axes = []  # (input, axis, label, requested)
     for name, t in zip(input_names, args):
         if name in requested:
@@ -160,7 +162,8 @@ def export_program(module, args, params, input_names, candidates, requested):
         shapes.append(mine or None)
     with _capture_guards() as glog:
         try:
-            ep = torch.export.export(module, tuple(args), dynamic_shapes=tuple(shapes), strict=False)
+            with attributes_restored(module):  # tracing runs forward() on the real module
+                ep = torch.export.export(module, tuple(args), dynamic_shapes=tuple(shapes), strict=False)
         except Exception as e:  # noqa: BLE001 - sorted below: a contradiction, or dynamo cannot export
             _raise_contradiction(e, axes, params, input_names, glog)
             raise

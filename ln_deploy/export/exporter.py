@@ -210,12 +210,13 @@ def _max_opset() -> int:
 def _output_names(loaded: LoadedModel) -> list[str]:
     import torch
 
-    from ..spec import flatten_output, output_names_of
+    from ..spec import attributes_restored, flatten_output, output_names_of
 
     try:
         with torch.no_grad():
             args, kwargs = loaded.arguments(loaded.example_inputs)
-            y = loaded.module(*args, **kwargs)
+            with attributes_restored(loaded.module):
+                y = loaded.module(*args, **kwargs)
     except Exception as e:  # the user's forward(): one line, not a traceback
         raise BadInputError(f"{loaded.spec}: forward() on the example inputs raised {type(e).__name__}: "
                             f"{_first_line(e)}") from None
@@ -502,7 +503,9 @@ def _legacy_export(module, args, input_names, output_names, axes, opset):
     import onnx
     import torch
 
-    with _quiet_exporter(), tempfile.TemporaryDirectory() as td:
+    from ..spec import attributes_restored
+
+    with _quiet_exporter(), tempfile.TemporaryDirectory() as td, attributes_restored(module):
         path = Path(td) / "model.onnx"
         torch.onnx.export(module, tuple(args), str(path), dynamo=False, opset_version=opset or 18,
                           input_names=list(input_names), output_names=list(output_names),

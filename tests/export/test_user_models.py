@@ -62,6 +62,24 @@ def test_exports_with_the_axes_the_model_allows_and_passes_check(tmp_path, name)
     assert report.localisation["onnxrt-cpu"]["norms"], "every one of these models has a normalization module"
 
 
+def test_a_model_that_rewrites_its_attributes_in_forward_is_left_as_it_was(tmp_path):
+    """ShrinkingWindow (as Hugging Face's Swin) shrinks its window for good on a small image: the
+    probes of export and check run it at small sizes, and the model must compute afterwards what it
+    computed before (it used to fail against its own corrupted reference)."""
+    import torch
+
+    loaded = load_spec(f"{MODELS}:shrinking_window")
+    x = loaded.example_inputs[0]
+    before = loaded.call(x)[0]
+    loaded.call(torch.randn(2, 3, 2, 2))  # window -> 2 inside this call only
+    assert loaded.module.window == 4 and torch.equal(loaded.call(x)[0], before)
+    res = export_model(loaded, tmp_path / "m.onnx")
+    assert loaded.module.window == 4 and torch.equal(loaded.call(x)[0], before)
+    report = check_model(loaded, res.path)
+    assert report.passed, report.failures
+    assert loaded.module.window == 4
+
+
 def test_model_output_fields_name_the_outputs(tmp_path):
     res = export_model(f"{MODELS}:returns_model_output", tmp_path / "m.onnx")
     assert res.output_names == ["last_hidden_state", "pooled"]  # the None field is not an output

@@ -129,6 +129,31 @@ class FixedGrid(nn.Module):
 def fixed_grid():
     return FixedGrid(), (torch.randn(2, 3, 8, 8),)
 
+class ShrinkingWindow(nn.Module):
+    """Rewrites its own attribute in forward(), as Hugging Face's Swin does: a small image shrinks the
+    window to the image's size, for good. ln_deploy's probes at small sizes must not change what the
+    model computes at the example size afterwards."""
+
+    def __init__(self, window=4, dim=D):
+        super().__init__()
+        self.window = window
+        self.conv, self.norm, self.head = nn.Conv2d(3, dim, 1), nn.LayerNorm(dim), nn.Linear(dim, 3)
+
+    def forward(self, images):
+        x = self.conv(images).permute(0, 2, 3, 1)  # B, H, W, C
+        B, H, W, C = x.shape
+        if min(H, W) <= self.window:
+            self.window = min(H, W)
+        w = self.window
+        x = x.reshape(B, H // w, w, W // w, w, C)
+        x = x - x.mean((2, 4), keepdim=True)  # per window: zero when the window is one pixel
+        return self.head(self.norm(x).mean((1, 2, 3, 4)))
+
+
+def shrinking_window():
+    return ShrinkingWindow(), (torch.randn(2, 3, 8, 8),)
+
+
 class ArgsWrapper(nn.Module):
     """The generic wrapper: forward(self, *args) -> the wrapped model's logits."""
 
