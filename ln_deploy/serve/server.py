@@ -214,7 +214,7 @@ def _http_protocol() -> str:
 
 def _event_loop() -> str:
     """uvloop (libuv, in the serve extra) where installed; asyncio's own loop otherwise. On the small
-    model uvloop took ~13% off the event loop's CPU time per request (docs/serving.md): the loop's
+    model uvloop took 7-13% off the event loop's CPU time per request (docs/serving.md): the loop's
     turns, the selector and the socket transports are C there, Python in asyncio."""
     try:
         import uvloop  # noqa: F401
