@@ -25,7 +25,7 @@ from .invariance import (Backend, InvarianceResult, batch_independence, batch_st
                          kernel_bitwise_invariance, padding_leak, sequence_independence, train_eval)
 from .options import CheckOptions
 from .report import CheckReport
-from .tolerances import compare_funcs, evaluate, make_profile
+from .tolerances import compare_funcs, describe_error, evaluate, make_profile
 
 log = logging.getLogger(__name__)
 
@@ -501,8 +501,7 @@ def _shape_sweep(run: CheckRun) -> None:
                         ok, stats, _ = evaluate(o, r, profile, out)
                         entry["max_abs"] = max(entry["max_abs"], float(stats.get("max_abs", 0.0)))
                         if not ok:
-                            entry["problem"] = (f"output {out!r} differs beyond tolerance (max abs "
-                                                f"{stats.get('max_abs', float('nan')):.3g})")
+                            entry["problem"] = f"output {out!r} differs beyond tolerance ({describe_error(stats)})"
                             break
                 entry["passed"] = not entry["problem"]
                 if isinstance(ref, str):  # outside the model's own domain: not the graph's fault...

@@ -141,6 +141,15 @@ def stat_passes(stats: dict, check: StatCheck) -> bool:
     return abs_v <= check.atol or rel_v <= check.rtol
 
 
+def describe_error(stats: dict) -> str:
+    """What went wrong, in words, from ``error_stats``: NaN where the other side has a number says so
+    (its max abs, taken over the positions where both are numbers, can be 0)."""
+    if stats.get("nan_mismatch"):
+        return (f"NaN at {stats['nan_mismatch']} of {stats['numel']} positions where the other side has a number; "
+                f"max abs {stats.get('max_abs', float('nan')):.3g} elsewhere")
+    return f"max abs {stats.get('max_abs', float('nan')):.3g}"
+
+
 def error_stats(out, ref, atol: float | None = None, rtol: float | None = None) -> dict:
     """Error statistics of ``out`` against the reference ``ref`` (both cast to float64).
 
