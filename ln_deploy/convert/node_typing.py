@@ -63,10 +63,15 @@ _TYPE_STR = {FLOAT16: "tensor(float16)", BFLOAT16: "tensor(bfloat16)", FLOAT: "t
 _BODY_TYPES: dict = {}
 
 
-def function_body_types(schema, node, in_types):
+def function_body_types(schema, node, in_types, model_opset: int | None = None):
     """Output element types of ``node``'s ONNX function body for these input element types (0 =
     unknown), or None when the body does not type-check with them (or cannot be instantiated).
-    An op without a function body gives ``()``. Cached per (op, attributes, types)."""
+    An op without a function body gives ``()``. Cached per (op, attributes, types, opset).
+
+    ``model_opset``: the model's default-domain opset. ONNX builds some bodies at an older opset than
+    the schema they expand: Clip-13's body is Less + Where at opset 13, whose Where has no bfloat16
+    (Where-16 has), although Clip-13 itself accepts bfloat16. A body that fails at its own opset is
+    tried again at the model's, where its ops are the versions the model's own nodes would be."""
     import onnx
     from onnx import helper
 
@@ -79,7 +84,7 @@ def function_body_types(schema, node, in_types):
     if any(not t for t, name in zip(in_types, node.input) if name):
         return None  # an input of unknown type: cannot tell
     attrs = tuple(sorted(a.SerializeToString() for a in node.attribute))
-    key = (schema.domain, schema.name, schema.since_version, in_types, attrs)
+    key = (schema.domain, schema.name, schema.since_version, in_types, attrs, model_opset)
     if key in _BODY_TYPES:
         return _BODY_TYPES[key]
     tps = [helper.make_tensor_type_proto(t, None) if t else onnx.TypeProto() for t in in_types]
@@ -94,7 +99,15 @@ def function_body_types(schema, node, in_types):
                 probe.SerializeToString(), [t.SerializeToString() for t in tps]))
         else:
             f.CopyFrom(schema.function_body)
-        outs = onnx.shape_inference.infer_function_output_types(f, tps, list(node.attribute))
+        try:
+            outs = onnx.shape_inference.infer_function_output_types(f, tps, list(node.attribute))
+        except Exception:  # noqa: BLE001 - retried at the model's opset, else the outer handler says why
+            older = [o for o in f.opset_import if o.domain in ("", "ai.onnx") and model_opset and o.version < model_opset]
+            if not older:
+                raise
+            for o in older:
+                o.version = model_opset
+            outs = onnx.shape_inference.infer_function_output_types(f, tps, list(node.attribute))
         result = tuple(o.tensor_type.elem_type if o.HasField("tensor_type") else 0 for o in outs)
     except Exception as e:  # the body rejects these types (a type error), or cannot be built
         log.debug("%s body with input types %s: %s", schema.name, in_types, str(e).splitlines()[0] if str(e) else e)
@@ -148,7 +161,7 @@ class Typer:
         base = [self.orig.get(n, 0) if n else 0 for n in node.input]
         for mine, rest in ((FLOAT, self.low), (self.low, FLOAT)):
             types = [mine if j == i else (rest if t == FLOAT else t) for j, t in enumerate(base)]
-            if function_body_types(schema, node, types) is None:
+            if function_body_types(schema, node, types, self.opsets.get("")) is None:
                 return False
         return True
 

@@ -75,7 +75,7 @@ def check_function_bodies(model) -> tuple[str, str] | None:
         in_types = [types.get(n, 0) if n else 0 for n in node.input]
         if any(not t for t, n in zip(in_types, node.input) if n):
             continue  # an input of unknown type: nothing to compare
-        outs = function_body_types(schema, node, in_types)
+        outs = function_body_types(schema, node, in_types, opsets.get(""))
         shown = ", ".join(_tname(t) if t else "-" for t in in_types)
         if outs is None:
             return node.name, f"node {node.name!r} ({node.op_type}) gets inputs ({shown}) its ONNX function body rejects"

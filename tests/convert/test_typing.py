@@ -175,6 +175,21 @@ def test_validator_names_the_node_whose_body_rejects_its_types():
     validate_converted(rms_model())  # the fp32 model is fine
 
 
+@pytest.mark.parametrize("opset, accepted", [(13, False), (18, True), (23, True)])
+def test_a_body_built_at_an_older_opset_is_judged_at_the_models(opset, accepted):
+    """Clip-13 accepts bfloat16, but ONNX builds its body (Less + Where) at opset 13, whose Where has
+    no bfloat16: at the model's opset 18 (Where-16) the body type-checks, at opset 13 it truly does not.
+    Found converting torchvision's Swin V2 to bf16 (its logit-scale clamp), refused as ill-typed."""
+    names = ["x", "lo", "hi"]
+    g = helper.make_graph([helper.make_node("Clip", names, ["y"], name="clip")], "g",
+                          [helper.make_tensor_value_info(n, TensorProto.BFLOAT16, [3] if n == "x" else [])
+                           for n in names],
+                          [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    found = check_function_bodies(m)
+    assert (found is None) == accepted, found
+
+
 def test_validator_refuses_duplicate_node_names():
     m = rms_model()
     m.graph.node[2].name = "rms"
