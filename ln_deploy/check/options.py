@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, fields
 
 from ..errors import BadInputError
+from ..keywords import options_with_keywords
 from .tolerances import PRECISIONS
 
 INPUT_SOURCES = ("example", "random")  # or None (both), or the path of a .npz
@@ -88,19 +89,7 @@ class CheckOptions:
     def from_call(cls, options: "CheckOptions | None", kwargs: dict) -> "CheckOptions":
         """``options`` with ``kwargs`` (``check_model``'s keywords) applied over it; unknown names are a
         ``TypeError``, as for any Python call."""
-        if options is not None and not isinstance(options, cls):
-            raise TypeError(f"options must be a CheckOptions, not {type(options).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"check_model() got unexpected keyword argument(s) {', '.join(unknown)}")
-        if options is None:
-            return cls(**kwargs)
-        if not kwargs:
-            return options
-        from dataclasses import replace
-
-        return replace(options, **kwargs)
+        return options_with_keywords(cls, options, kwargs, "check_model")
 
     def to_dict(self) -> dict:
         """Every field above, by its name (paths as strings)."""

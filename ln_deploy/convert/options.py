@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, fields
 
 from ..errors import BadInputError
+from ..keywords import options_with_keywords
 from .node_typing import DEFAULT_FP32_OPS, FP16_MAX, PRECISIONS, TARGETS
 
 
@@ -85,21 +86,9 @@ class ConvertOptions:
     def from_call(cls, options: "ConvertOptions | None", precision: str | None, kwargs: dict) -> "ConvertOptions":
         """``options`` with ``precision`` (when not None) and ``kwargs`` (``convert_model``'s keywords)
         applied over it; unknown names are a ``TypeError``, as for any Python call."""
-        if options is not None and not isinstance(options, cls):
-            raise TypeError(f"options must be a ConvertOptions, not {type(options).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"convert_model() got unexpected keyword argument(s) {', '.join(unknown)}")
         if precision is not None:
             kwargs = {**kwargs, "precision": precision}
-        if options is None:
-            return cls(**kwargs)
-        if not kwargs:
-            return options
-        from dataclasses import replace
-
-        return replace(options, **kwargs)
+        return options_with_keywords(cls, options, kwargs, "convert_model")
 
     def to_dict(self) -> dict:
         """Every field above by its name, except ``fuser`` (given as its qualified name) and a dict of
