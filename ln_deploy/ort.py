@@ -61,6 +61,7 @@ class SessionConfig:
     log_level: int = 4  # 0 verbose .. 4 fatal; 4: ORT's own error lines stay off stderr (its exception carries them)
     provider: str = "CPUExecutionProvider"
     spinning: bool = True  # False for servers: ORT's spinning pool threads steal the event loop's cores
+    spin_us: int = 0  # with spinning: how long a pool thread spins for work, in µs (0: ORT's own bound)
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -69,6 +70,8 @@ class SessionConfig:
             raise ValueError(f"threads must be an int >= 0, got {self.threads!r}")
         if self.log_level not in range(5):
             raise ValueError(f"log_level must be 0..4, got {self.log_level!r}")
+        if isinstance(self.spin_us, bool) or not isinstance(self.spin_us, int) or self.spin_us < 0:
+            raise ValueError(f"spin_us must be an int >= 0, got {self.spin_us!r}")
         object.__setattr__(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
 
     def replace(self, **changes) -> "SessionConfig":
@@ -95,7 +98,7 @@ class SessionConfig:
 
     def to_dict(self) -> dict:
         """Every field by its name (``level``, ``threads``, ``disabled_optimizers``, ``log_level``,
-        ``provider``, ``spinning``): ``SessionConfig(**d)`` rebuilds it."""
+        ``provider``, ``spinning``, ``spin_us``): ``SessionConfig(**d)`` rebuilds it."""
         return dataclasses.asdict(self)
 
 
@@ -117,6 +120,8 @@ def session_options(config: SessionConfig = DEFAULT):
         so.intra_op_num_threads = config.threads
     if not config.spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif config.spin_us:
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(config.spin_us))
     return so
 
 

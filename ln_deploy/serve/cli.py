@@ -5,6 +5,8 @@ MODEL is one .onnx file or a Triton model repository written by `ln-deploy packa
 
 from __future__ import annotations
 
+from .. import cli_args
+
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL.onnx|REPO_DIR", help="an ONNX model or a model repository")
@@ -28,10 +30,22 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime's choice, one "
                         "per physical core)")
-    p.add_argument("--spin", choices=("on", "off"), default="off",
-                   help="let ONNX Runtime's pool threads spin between runs (default off: on a machine "
-                        "shared with the HTTP work the spinning takes the cores the requests need; "
-                        "see docs/serving.md)")
+    p.add_argument("--spin", default="200", metavar="off|on|MICROSECONDS",
+                   help="how long ONNX Runtime's pool threads spin while they wait for work: at most this many "
+                        "µs per wait (default 200), on (ONNX Runtime's own spinning, which goes on well after "
+                        "a run and takes the cores the HTTP work needs) or off (the threads sleep at once; "
+                        "slower hand-over inside a run); see docs/serving.md")
+    cli_args.defer(p, _check_spin)
+
+
+def _check_spin(args) -> None:
+    from ..errors import BadInputError
+    from .runtime import parse_spin
+
+    try:
+        args.spin = parse_spin(args.spin)
+    except ValueError as e:
+        raise BadInputError(str(e)) from None
 
 
 def run(args) -> int:
@@ -40,5 +54,5 @@ def run(args) -> int:
     opts = ServeOptions(host=args.host, port=args.port, name=args.name, max_batch_size=args.max_batch_size,
                         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                         batch_window_ms=args.batch_window_ms, instances=args.instances, device=args.device,
-                        intra_op_threads=args.threads, spin=args.spin == "on")
+                        intra_op_threads=args.threads, spin=args.spin)
     return serve(args.model, opts)

@@ -71,25 +71,50 @@ class ServedModel:
         return dict(zip(self.output_names, results))
 
 
-def session_options(intra_op_threads: int = 0, spin: bool = False):
+# ORT's pool threads spin at most this long per wait for work: a run's parallel sections get the
+# spinning's fast hand-over, and the threads sleep within 0.2 ms of a run's end instead of spinning
+# on into the time the event loop needs. Chosen by benchmarks/bench_serve.py --sweep (docs/serving.md).
+DEFAULT_SPIN_US = 200
+
+
+def session_options(intra_op_threads: int = 0, spin: bool | int = DEFAULT_SPIN_US):
     """The ONNX Runtime session options the server uses (the benchmark's direct baseline uses them too)."""
     from .. import ort as ln_ort
 
     return ln_ort.session_options(server_session_config(intra_op_threads, spin=spin))
 
 
-def server_session_config(intra_op_threads: int = 0, level: str = "all", spin: bool = False):
-    """The server's ``ln_deploy.ort.SessionConfig``. ORT's pool threads spin while waiting for work by
-    default: right for a benchmark loop, wrong for a server, where the spinning steals the cores the
-    event loop needs to parse requests."""
+def server_session_config(intra_op_threads: int = 0, level: str = "all", spin: bool | int = DEFAULT_SPIN_US):
+    """The server's ``ln_deploy.ort.SessionConfig``. ``spin``: False (off), True (ORT's own spinning),
+    or microseconds (on, each wait for work bounded to that long). ORT's pool threads spin while
+    waiting for work by default, and keep spinning well after a run ends: right for a benchmark
+    loop, wrong for a server, where the spinning steals the cores the event loop needs to parse
+    requests; a bound of a few hundred µs keeps the spinning inside a run (docs/serving.md)."""
     from ..ort import SessionConfig
 
-    return SessionConfig(level=level, threads=intra_op_threads, spinning=spin)
+    if spin is True or spin is False:
+        return SessionConfig(level=level, threads=intra_op_threads, spinning=spin)
+    return SessionConfig(level=level, threads=intra_op_threads, spinning=True, spin_us=spin)
+
+
+def spin_text(spin: bool | int) -> str:
+    """'off', 'on' or '200 µs' (for logs and reports)."""
+    return "on" if spin is True else "off" if spin is False else f"bounded to {spin} µs"
+
+
+def parse_spin(text: str) -> bool | int:
+    """``--spin`` value: ``off``, ``on`` or a whole number of microseconds (> 0)."""
+    t = str(text).strip().lower()
+    if t in ("on", "off"):
+        return t == "on"
+    if t.isdigit() and int(t) > 0:
+        return int(t)
+    raise ValueError(f"--spin must be on, off or a number of microseconds > 0, got {text!r}")
 
 
 def load_served_model(path: str | os.PathLike, name: str, *, max_batch_size: int | None = None,
                       batch_window_s: float = 0.001, device: str = "auto", version: str = "1",
-                      intra_op_threads: int = 0, spin: bool = False) -> ServedModel:
+                      intra_op_threads: int = 0, spin: bool | int = DEFAULT_SPIN_US) -> ServedModel:
     """Open ``path`` in ONNX Runtime. ``max_batch_size`` None: 8 when the model can batch, else 0."""
     from ..fileio import load_onnx
 

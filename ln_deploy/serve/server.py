@@ -37,12 +37,14 @@ class ServeOptions:
     instances: int = 1
     device: str = "auto"
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
-    spin: bool = False  # ORT pool threads spin between runs (see docs/serving.md for the measurement)
+    spin: bool | int = 200  # ORT pool threads spin for work: off, on, or at most this many µs (runtime.DEFAULT_SPIN_US)
     graceful_timeout_s: int = 30
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise BadInputError(f"--port must be 0..65535, got {self.port}")
+        if not isinstance(self.spin, (bool, int)) or (not isinstance(self.spin, bool) and self.spin <= 0):
+            raise BadInputError(f"--spin must be on, off or a number of microseconds > 0, got {self.spin!r}")
         if self.max_queue < 1:
             raise BadInputError(f"--max-queue must be >= 1, got {self.max_queue}")
         if self.max_body_bytes < 1024:
@@ -166,6 +168,7 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
     uvicorn = require("uvicorn", "serve")
     require("starlette", "serve")
     from .app import create_app
+    from .runtime import spin_text
 
     models = load_models(source, opts)
     app = create_app(models, max_queue=opts.max_queue, max_body_bytes=opts.max_body_bytes,
@@ -183,7 +186,7 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
         info(f"[ln-deploy] model {m.name!r} v{m.version}: {', '.join(t.describe() for t in m.signature.inputs)} "
              f"-> {', '.join(t.describe() for t in m.signature.outputs)}; max_batch_size {m.max_batch_size}, "
              f"window {m.batch_window_s * 1000:g} ms, {m.providers[0]}, "
-             f"{opts.intra_op_threads or 'default'} intra-op threads, spinning {'on' if opts.spin else 'off'}")
+             f"{opts.intra_op_threads or 'default'} intra-op threads, spinning {spin_text(opts.spin)}")
     url_host = f"[{host}]" if ":" in host else host
     # uvicorn installs its own handlers while it runs and re-raises the signal after a graceful
     # shutdown; these recorders receive that re-raise so the process exits 0, not by the signal.
