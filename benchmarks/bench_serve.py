@@ -151,7 +151,7 @@ def start_server(onnx_path: Path, args, threads: int, spin: bool | int, max_queu
     if threads:
         serve_args += ["--threads", str(threads)]
     if tree is None:
-        serve_args += ["--spin", {True: "on", False: "off"}.get(spin, str(spin))]
+        serve_args += ["--spin", "on" if spin is True else "off" if spin is False else str(spin)]
     src = tree or ROOT
     hidden = "sys.modules['httptools'] = None\nsys.modules['uvloop'] = None\n" if hide_httptools else ""
     boot = ("import sys\n" + hidden
@@ -327,7 +327,6 @@ class LoadClients:
     def __init__(self, url, output_name, payloads, references, clients, nproc, max_requests):
         ctx = mp.get_context("spawn")
         self.q, self.go, self.stop, self.inflight = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Value("i", 0)
-        self.url = url
         nproc = max(1, min(nproc, clients))
         per = [clients // nproc + (1 if i < clients % nproc else 0) for i in range(nproc)]
         self.procs = [ctx.Process(target=_client_process, args=(url, payloads, references, output_name, n,
@@ -335,7 +334,6 @@ class LoadClients:
                                                                 self.q)) for n in per]
         for p in self.procs:
             p.start()
-        self.warm_s = None
 
     def window(self, seconds: float, warm_s: float) -> tuple[float, float]:
         """Send for ``warm_s + seconds``; the window counted is the last ``seconds`` (the queue full)."""
@@ -550,8 +548,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=0, help="concurrent clients (default: 32 small, 16 large)")
     ap.add_argument("--client-processes", type=int, default=2, help="client processes sharing --clients")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of each served window (twice that for large)")
-    ap.add_argument("--rounds", type=int, default=5, help="(direct before, load, direct after) rounds per "
-                                                         "configuration")
+    ap.add_argument("--rounds", type=int, default=5, help="served windows per configuration, each between "
+                                                         "two direct measurements")
     ap.add_argument("--latency-requests", type=str, default="small=300,large=40",
                     help="sequential requests of the 1-client latency phase, per size")
     ap.add_argument("--max-requests", type=int, default=100_000, help="per client, a bound on the count")

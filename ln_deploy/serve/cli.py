@@ -30,9 +30,11 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime's choice, one "
                         "per physical core)")
-    p.add_argument("--spin", default="200", metavar="off|on|MICROSECONDS",
+    from .runtime import DEFAULT_SPIN_US
+
+    p.add_argument("--spin", default=str(DEFAULT_SPIN_US), metavar="off|on|MICROSECONDS",
                    help="how long ONNX Runtime's pool threads spin while they wait for work: at most this many "
-                        "µs per wait (default 200), on (ONNX Runtime's own spinning, which goes on well after "
+                        f"µs per wait (default {DEFAULT_SPIN_US}), on (ONNX Runtime's own spinning, which goes on well after "
                         "a run and takes the cores the HTTP work needs) or off (the threads sleep at once; "
                         "slower hand-over inside a run); see docs/serving.md")
     cli_args.defer(p, _check_spin)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..progress import info
+from .runtime import DEFAULT_SPIN_US
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ServeOptions:
     instances: int = 1
     device: str = "auto"
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
-    spin: bool | int = 200  # ORT pool threads spin for work: off, on, or at most this many µs (runtime.DEFAULT_SPIN_US)
+    spin: bool | int = DEFAULT_SPIN_US  # ORT pool threads spin for work: off, on, or at most this many µs
     graceful_timeout_s: int = 30
 
     def validate(self) -> None:
