@@ -1,7 +1,8 @@
 """Layer normalization's defining properties, checked on PyTorch and on every deployed runtime.
 
 - train/eval consistency (PyTorch only: a deployed graph has no training mode): the model in ``train()``
-  with dropout disabled gives the same outputs as in ``eval()``;
+  with dropout and drop path disabled, and BatchNorm-style running-statistics norms held in ``eval()``,
+  gives the same outputs as in ``eval()``;
 - batch independence: each sample run alone gives the same outputs as inside a batch of other random
   samples (up to rounding: ``|a - b| <= atol + rtol * |b|``, the profile's invariance tolerance); the
   bitwise variant (zero differing bits) is reported beside it, and required for TensorRT engines;
@@ -88,25 +89,59 @@ def _tol_text(atol, rtol) -> str:
     return f"atol {atol:g} + rtol {rtol:g}·|ref|"
 
 
+# Modules whose training-mode forward is random by design: dropout (torch.nn and any class named so),
+# drop path / stochastic depth (timm DropPath, Hugging Face *DropPath, torchvision StochasticDepth) and
+# DropBlock. train_eval holds them in eval(); anything random it cannot reach makes the check skip.
+_STOCHASTIC_NAMES = ("Dropout", "DropPath", "StochasticDepth", "DropBlock")
+# Float rates read in training mode: nn.MultiheadAttention.dropout, and a dropout module's own p, which
+# attention code passes to a functional call (Hugging Face: `dropout=self.dropout.p if self.training
+# else 0.0`); drop_prob: a drop-path rate a block passes to a functional drop_path.
+_RATE_ATTRS = ("dropout", "attention_dropout", "attn_dropout", "dropout_p", "drop_prob", "p")
+
+
+def _is_stochastic(m) -> bool:
+    import torch
+
+    return isinstance(m, torch.nn.modules.dropout._DropoutNd) or any(s in type(m).__name__ for s in _STOCHASTIC_NAMES)
+
+
+def _has_running_stats(m) -> bool:
+    import torch
+
+    return isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats
+
+
+def _kinds(modules) -> str:
+    from collections import Counter
+
+    return ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in Counter(type(m).__name__ for m in modules).items())
+
+
 def train_eval(torch_runner, feed, atol, rtol) -> InvarianceResult:
-    """train() with every dropout disabled must equal eval()."""
+    """train() with every dropout disabled must equal eval().
+
+    Normalizations with running statistics (BatchNorm, InstanceNorm with ``track_running_stats``) are
+    held in eval() like dropout: they differ between train() and eval() by design (batch statistics
+    against running ones), the deployed graph is the eval() one, and train() would also overwrite their
+    running statistics, changing the reference model. The message names how many were held; what is
+    left is layer normalization's claim, the same computation at training and test time, and any
+    ``if self.training`` branch of the model's own.
+    """
     import torch
 
     module = torch_runner.module
     ref = [o.detach().float().cpu() for o in torch_runner.forward(feed)]
     saved_modes = {m: m.training for m in module.modules()}
     saved_p = {}
+    held = [m for m in module.modules() if _has_running_stats(m)]
     try:
         module.train()
         for m in module.modules():
-            if isinstance(m, torch.nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
+            if _is_stochastic(m) or _has_running_stats(m):
                 m.eval()
-            # Float dropout rates read in training mode: nn.MultiheadAttention.dropout, and a dropout
-            # module's own p, which attention code passes to a functional call (Hugging Face:
-            # `dropout=self.dropout.p if self.training else 0.0`).
-            for attr in ("dropout", "attention_dropout", "attn_dropout", "dropout_p", "p"):
+            for attr in _RATE_ATTRS:
                 v = getattr(m, attr, None)
-                if isinstance(v, float) and v > 0 and (attr != "p" or isinstance(m, torch.nn.modules.dropout._DropoutNd)):
+                if isinstance(v, float) and v > 0 and (attr != "p" or _is_stochastic(m)):
                     saved_p[(m, attr)] = v
                     setattr(m, attr, 0.0)
 
@@ -128,20 +163,23 @@ def train_eval(torch_runner, feed, atol, rtol) -> InvarianceResult:
         s = _allclose_stats(a.numpy(), b.numpy(), atol, rtol)
         worst["max_abs"] = max(worst["max_abs"], s["max_abs"])
         worst["violations"] += s["violations"]
+    held_text = f" and {len(held)} running-statistics normalization{'s' * (len(held) != 1)} ({_kinds(held)}) " \
+                f"held in eval()" if held else ""
+    if held:
+        worst["held_in_eval"] = len(held)
     if worst["violations"] and stochastic:
         return InvarianceResult("train_eval", torch_runner.name, SKIPPED,
                                 "train() gives different outputs on two runs even with every dropout module and rate "
                                 "set to 0 (randomness the check cannot switch off), so it cannot be compared with eval()",
                                 worst)
     if worst["violations"]:
-        culprits = [f"{n} ({type(m).__name__})" for n, m in module.named_modules()
-                    if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
-        hint = f"; normalizations with running statistics: {', '.join(culprits)}" if culprits else ""
         return InvarianceResult("train_eval", torch_runner.name, FAILED,
-                                f"train() (dropout off) differs from eval() by up to {worst['max_abs']:.3g} "
-                                f"({_tol_text(atol, rtol)}){hint}", worst)
+                                f"train() (dropout off{held_text}) differs from eval() by up to "
+                                f"{worst['max_abs']:.3g} ({_tol_text(atol, rtol)}): the model computes something "
+                                f"else in training mode", worst)
     return InvarianceResult("train_eval", torch_runner.name, PASSED,
-                            f"train() with dropout off equals eval() (max diff {worst['max_abs']:.2g})", worst)
+                            f"train() with dropout off{held_text} equals eval() (max diff {worst['max_abs']:.2g})",
+                            worst)
 
 
 def _slice(feed, sl, axis, only=None):

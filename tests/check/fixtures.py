@@ -34,8 +34,26 @@ class FalselyCausal(nn.Module):
         return self.norm(x + x.mean(1, keepdim=True))
 
 
+class TrainingBranchNorm(nn.Module):
+    """A hand-written norm with its own ``if self.training`` branch (batch statistics in training,
+    stored ones in eval): nothing train_eval holds in eval, so train() and eval() differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.full((D,), 0.5))
+        self.register_buffer("var", torch.full((D,), 2.0))
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean((0, 1)), x.var((0, 1), unbiased=False)
+        else:
+            mean, var = self.mean, self.var
+        return (x - mean) / torch.sqrt(var + 1e-5)
+
+
 class RunningStatsBatchNorm(nn.Module):
-    """BatchNorm with running statistics: train() normalizes with batch statistics, eval() with running ones."""
+    """BatchNorm with running statistics: train() normalizes with batch statistics, eval() with running
+    ones; train_eval holds it in eval (by design, not a bug) and must leave its statistics alone."""
 
     def __init__(self):
         super().__init__()
@@ -63,3 +81,8 @@ def falsely_causal():
 def running_stats_batchnorm():
     torch.manual_seed(0)
     return RunningStatsBatchNorm().eval(), (torch.randn(4, 6, D),)
+
+
+def training_branch_norm():
+    torch.manual_seed(0)
+    return TrainingBranchNorm().eval(), (torch.randn(4, 6, D),)

@@ -49,7 +49,7 @@ def test_batchnorm_control_fails_batch_independence(export_spec):
 @pytest.mark.parametrize("factory,check", [
     ("leaky_padding_encoder", "padding_leak"),
     ("falsely_causal", "sequence_independence"),
-    ("running_stats_batchnorm", "train_eval"),
+    ("training_branch_norm", "train_eval"),
 ])
 def test_invariance_negative_controls(factory, check, export_spec):
     from ln_deploy.check import check_model
