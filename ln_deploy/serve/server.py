@@ -206,14 +206,17 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
     return 0
 
 
-def _http_protocol() -> str:
-    """httptools (C parser, in the serve extra) where installed; h11 (pure Python) otherwise."""
+def _http_protocol():
+    """httptools (C parser, in the serve extra) where installed, writing each response in one
+    syscall (``serve/coalesce.py``); h11 (pure Python) otherwise."""
     try:
         import httptools  # noqa: F401
     except ImportError:
         log.warning("httptools is not installed: serving with the slower pure-Python h11 parser")
         return "h11"
-    return "httptools"
+    from .coalesce import coalescing_httptools_protocol
+
+    return coalescing_httptools_protocol()
 
 
 def _event_loop() -> str:
