@@ -23,13 +23,15 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-window-ms", type=float, default=None, metavar="T",
                    help="how long the oldest request may wait for others to fill a batch while a model "
                         "instance is idle (default: the config's max_queue_delay, or 1 ms)")
-    p.add_argument("--instances", type=int, default=1, metavar="N",
-                   help="concurrent ONNX Runtime runs per model (default 1)")
+    p.add_argument("--instances", type=int, default=None, metavar="N",
+                   help="concurrent ONNX Runtime runs per model, sharing one session (default: 2 on the CPU, "
+                        "as Triton's onnxruntime backend, 1 on a GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="ONNX Runtime provider: cuda when available under auto (default)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime's choice, one "
-                        "per physical core)")
+                   help="ONNX Runtime intra-op threads per run (default 0: on the CPU the usable cores divided "
+                        "by the instances, 1 each on 2 cores; with one instance ONNX Runtime's choice, one per "
+                        "physical core)")
     from .runtime import DEFAULT_SPIN_US
 
     p.add_argument("--spin", default=str(DEFAULT_SPIN_US), metavar="off|on|MICROSECONDS",

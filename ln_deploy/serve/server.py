@@ -10,6 +10,7 @@ requests finish (up to ``graceful_timeout_s``), then the batchers drain and the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,9 +36,9 @@ class ServeOptions:
     max_queue: int = 128
     max_body_bytes: int = 64 << 20
     batch_window_ms: float | None = None  # None: the config's max_queue_delay, or 1 ms
-    instances: int = 1
+    instances: int | None = None  # None: 2 on the CPU (as Triton's onnxruntime backend), 1 on a GPU
     device: str = "auto"
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    intra_op_threads: int = 0  # 0: the cores this process may use over the instances (see parallelism)
     spin: bool | int = DEFAULT_SPIN_US  # ORT pool threads spin for work: off, on, or at most this many µs
     graceful_timeout_s: int = 30
 
@@ -54,10 +55,43 @@ class ServeOptions:
             raise BadInputError(f"--batch-window-ms must be 0..10000, got {self.batch_window_ms}")
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise BadInputError(f"--max-batch-size must be >= 0, got {self.max_batch_size}")
-        if self.instances < 1:
+        if self.instances is not None and self.instances < 1:
             raise BadInputError(f"--instances must be >= 1, got {self.instances}")
         if self.intra_op_threads < 0:
             raise BadInputError(f"--threads must be >= 0, got {self.intra_op_threads}")
+
+
+CPU_INSTANCES = 2
+
+
+def parallelism(opts: ServeOptions) -> tuple[int, int]:
+    """(instances, intra-op threads per run) for ``opts``'s device.
+
+    On the CPU two runs at once (Triton's default instance count for its onnxruntime backend), each
+    with its share of the cores (``--threads 0``): a small model's batch is a few milliseconds, and
+    with one run at a time the cores idled while the run waited for the event loop, and a run's
+    parallel sections stalled whenever the HTTP work took one of their cores. benchmarks/bench_serve.py
+    on 2 cores (docs/serving.md): small model 1.7-2.4k -> 2.7-3.7k rows/s served, large 0.98 -> 1.08
+    of the best direct rate; the price is a large model's single-request latency (50 -> 76 ms there:
+    one core per run). On a GPU one run at a time: the device serializes them anyway. Both of the
+    instances share one session (its weights once in memory); ``--instances 1`` restores one run with
+    every core.
+    """
+    from .runtime import choose_providers
+
+    on_cpu = choose_providers(opts.device)[0] == "CPUExecutionProvider"
+    instances = opts.instances or (CPU_INSTANCES if on_cpu else 1)
+    threads = opts.intra_op_threads
+    if not threads and on_cpu and instances > 1:
+        threads = max(1, _usable_cores() // instances)
+    return instances, threads
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's or taskset's CPU limit, not the host's
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def load_models(source: str | os.PathLike, opts: ServeOptions) -> list:
@@ -166,6 +200,8 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
 
     opts = opts or ServeOptions()
     opts.validate()
+    instances, threads = parallelism(opts)
+    opts = dataclasses.replace(opts, instances=instances, intra_op_threads=threads)
     uvicorn = require("uvicorn", "serve")
     require("starlette", "serve")
     from .app import create_app
@@ -187,7 +223,8 @@ def serve(source: str | os.PathLike, opts: ServeOptions | None = None) -> int:
         info(f"[ln-deploy] model {m.name!r} v{m.version}: {', '.join(t.describe() for t in m.signature.inputs)} "
              f"-> {', '.join(t.describe() for t in m.signature.outputs)}; max_batch_size {m.max_batch_size}, "
              f"window {m.batch_window_s * 1000:g} ms, {m.providers[0]}, "
-             f"{opts.intra_op_threads or 'default'} intra-op threads, spinning {spin_text(opts.spin)}")
+             f"{opts.instances} instance(s) of {opts.intra_op_threads or 'default'} intra-op thread(s), "
+             f"spinning {spin_text(opts.spin)}")
     url_host = f"[{host}]" if ":" in host else host
     # uvicorn installs its own handlers while it runs and re-raises the signal after a graceful
     # shutdown; these recorders receive that re-raise so the process exits 0, not by the signal.
