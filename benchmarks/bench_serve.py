@@ -2,8 +2,9 @@
 
 For each model size (``small``: the bundled 2-layer d=64 ``pre_ln_encoder``; ``large``: 12 layers
 at d=768, 12 heads, random weights, where a batch of 8 computes in tens of milliseconds) and each
-server configuration (ONNX Runtime intra-op threads x pool-thread spinning), one run measures, with
-the server started once:
+server configuration (instances, ONNX Runtime intra-op threads per run, pool-thread spinning; by
+default the server's own, as ``ln_deploy.serve.server.parallelism`` resolves them), one run
+measures, with the server started once:
 
   1. served latency: one ``tritonclient.http`` client sending ``--max-batch-size``-row requests one
      after another on a kept-alive connection; **per-request overhead** = served median latency
@@ -14,7 +15,8 @@ the server started once:
      connection against 100 on a new connection each, interleaved;
   3. ``--rounds`` served windows, each between two direct measurements (the one after a window is
      the one before the next): direct throughput (rows/s of back-to-back runs at batch
-     ``--max-batch-size``) with ONNX Runtime's default options and with the configuration's; served
+     ``--max-batch-size``) with ONNX Runtime's default options and with the configuration's (as many
+     runs at once on one session as the server has instances: the best direct use of those options); served
      throughput with ``--clients`` concurrent clients (official ``tritonclient.http``, binary
      tensors) in ``--client-processes`` processes, started once and switched on for ``--duration``
      seconds per window (the requests completed in the window, after a warm-up that fills the
@@ -22,7 +24,8 @@ the server started once:
      reference computed directly. The **overhead under
      load** per request is the time per request at the served rate minus the direct time of its
      rows with the same options (how issue 21's "about 0.8 ms per 8-row request" was derived from
-     this script's figures). The client tally is cross-checked with the server's statistics
+     this script's figures); it is refused for a round whose same-options direct rate moved by more
+     than ``--max-drift``, its own baseline. The client tally is cross-checked with the server's statistics
      (nothing lost or doubled).
 
 A round's served/direct is served rows/s over the best direct rows/s (default or the
@@ -130,17 +133,34 @@ def open_session(path: Path, threads: int, spin: bool | int | None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def direct(session, feeds, seconds: float) -> dict:
-    """Back-to-back runs on one batch: rows/s and the median run time."""
+def direct(session, feeds, seconds: float, at_once: int = 1) -> dict:
+    """Back-to-back runs on one batch: rows/s and the median run time. ``at_once`` > 1: that many
+    threads run back to back on the session at the same time (ONNX Runtime releases the GIL), as the
+    server's instances do, and rows/s is their total."""
     rows = next(iter(feeds.values())).shape[0]
     for _ in range(3):
         session.run(None, feeds)
-    times, t_end = [], time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return {"rows_per_s": len(times) * rows / sum(times), "median_s": float(np.median(times)), "runs": len(times)}
+
+    def loop(times, t_end):
+        while time.perf_counter() < t_end or len(times) < 5:
+            t0 = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - t0)
+
+    if at_once == 1:
+        times = []
+        loop(times, time.perf_counter() + seconds)
+        return {"rows_per_s": len(times) * rows / sum(times), "median_s": float(np.median(times)), "runs": len(times)}
+    per = [[] for _ in range(at_once)]
+    start = time.perf_counter()
+    ts = [threading.Thread(target=loop, args=(t, start + seconds)) for t in per]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - start
+    times = [x for t in per for x in t]
+    return {"rows_per_s": len(times) * rows / elapsed, "median_s": float(np.median(times)), "runs": len(times)}
 
 
 # -- server ----------------------------------------------------------------------------------------
@@ -150,6 +170,8 @@ def start_server(onnx_path: Path, args, threads: int, spin: bool | int, max_queu
                   str(args.max_batch_size), "--max-queue", str(max_queue), "--batch-window-ms", str(args.window_ms)]
     if threads:
         serve_args += ["--threads", str(threads)]
+    if args.instances is not None:
+        serve_args += ["--instances", str(args.instances)]
     if tree is None:
         serve_args += ["--spin", "on" if spin is True else "off" if spin is False else str(spin)]
     src = tree or ROOT
@@ -419,6 +441,13 @@ def measure(size, onnx_path, sig, args, threads, spin, tree=None, label=None) ->
     duration = args.duration * (2 if size == "large" else 1)  # a large batch takes ~100x longer
     payloads = make_inputs(sig.inputs, mbs, seq, 16)
     batch = make_inputs(sig.inputs, mbs, seq, 1, seed=1)[0]
+    if tree is None:  # the server's own parallelism, as it resolves it (instances x threads per run)
+        from ln_deploy.serve.server import ServeOptions, parallelism
+
+        runs, threads = parallelism(ServeOptions(device="cpu", instances=args.instances, intra_op_threads=threads))
+    else:
+        runs = args.instances or 1
+    at_once = {"ort_default": 1, "server": runs}
     sessions = {"ort_default": open_session(onnx_path, 0, None), "server": open_session(onnx_path, threads, spin)}
     references = [sessions["ort_default"].run([output_name], p)[0] for p in payloads]
     proc, port = start_server(onnx_path, args, threads, spin, max(128, 4 * clients), tree, args.baseline_h11 and tree)
@@ -433,11 +462,11 @@ def measure(size, onnx_path, sig, args, threads, spin, tree=None, label=None) ->
         load = LoadClients(url, output_name, payloads, references, clients, args.client_processes,
                            args.max_requests)
         time.sleep(4.0)  # every client process imported and connected (they wait for the first window)
-        directs = [{k: direct(s, batch, args.direct_seconds) for k, s in sessions.items()}]
+        directs = [{k: direct(s, batch, args.direct_seconds, at_once[k]) for k, s in sessions.items()}]
         windows = []
         for _ in range(args.rounds):
             windows.append(load.window(duration, warm_s=max(0.5, 4 * lat_before["median_s"])))
-            directs.append({k: direct(s, batch, args.direct_seconds) for k, s in sessions.items()})
+            directs.append({k: direct(s, batch, args.direct_seconds, at_once[k]) for k, s in sessions.items()})
         results = load.finish()
         totals = served_totals(url, results)
         done = np.sort(np.array([t for r in results for t in r[6]]))
@@ -463,6 +492,8 @@ def measure(size, onnx_path, sig, args, threads, spin, tree=None, label=None) ->
                 "refused": "; ".join(f"{k} moved {d:.0%} ({before[k]['rows_per_s']:.0f} -> "
                                      f"{after[k]['rows_per_s']:.0f} rows/s)" for k, d in unstable.items()) or None,
                 "load_overhead_us": round((1 / max(requests_per_s, 1e-9) - mbs / own) * 1e6),
+                # its baseline is the server-options direct rate, so that rate's drift refuses it
+                "load_overhead_refused": drifts["server"] > args.max_drift,
             })
         server_success = totals["server_success"]
     finally:
@@ -476,13 +507,15 @@ def measure(size, onnx_path, sig, args, threads, spin, tree=None, label=None) ->
     model_s = (lat_before["median_s"] + lat_after["median_s"]) / 2
     lat_drift = drift(lat_before["median_s"], lat_after["median_s"])
     stable = [r for r in rounds if r["refused"] is None]
+    own_stable = [r for r in rounds if not r["load_overhead_refused"]]
     r = {
-        "size": size, "label": label or f"threads {threads or 'default'}, spin {spin_text(spin)}",
-        "threads": threads, "spin": spin, "seq_len": seq, "clients": clients, "rounds": rounds,
+        "size": size, "label": label or f"{runs} instance(s) x threads {threads or 'default'}, spin {spin_text(spin)}",
+        "threads": threads, "instances": runs, "spin": spin, "seq_len": seq, "clients": clients, "rounds": rounds,
         "keep_alive": keep_alive,
         "stable_rounds": len(stable),
         "served_over_direct": float(np.median([x["served_over_direct"] for x in stable])) if stable else None,
-        "load_overhead_us": round(float(np.median([x["load_overhead_us"] for x in stable]))) if stable else None,
+        "load_overhead_us": round(float(np.median([x["load_overhead_us"] for x in own_stable]))) if own_stable else None,
+        "load_overhead_rounds": len(own_stable),
         "direct_median_ms": round(model_s * 1e3, 3), "direct_median_drift": round(lat_drift, 3),
         "latency_median_ms": round(lat["median_s"] * 1e3, 3), "latency_p90_ms": round(lat["p90_s"] * 1e3, 3),
         "overhead_us": round((lat["median_s"] - model_s) * 1e6) if lat_drift <= args.max_drift else None,
@@ -541,7 +574,8 @@ def tables(results: list[dict]) -> str:
                  if r["served_over_direct"] is not None else f"refused (0/{len(r['rounds'])} stable)")
         over = f"{r['overhead_us']} µs" if r["overhead_us"] is not None else \
             f"refused (model time moved {r['direct_median_drift']:.0%})"
-        under = f"{r['load_overhead_us']} µs" if r["load_overhead_us"] is not None else "refused"
+        under = (f"{r['load_overhead_us']} µs ({r['load_overhead_rounds']}/{len(r['rounds'])})"
+                 if r["load_overhead_us"] is not None else "refused (0 stable)")
         lines.append(f"| {r['size']} | {r['label']} | {r['sent'] + r['latency_sent']} / "
                      f"{r['ok'] + r['latency_sent'] - r['latency_wrong']} / {r['errors']} / "
                      f"{r['wrong'] + r['latency_wrong']} / {r['lost']} | {ratio} | {r['mean_batch']:.2f} | "
@@ -570,6 +604,8 @@ def main(argv=None) -> int:
                                                          "this git revision")
     ap.add_argument("--baseline-h11", action="store_true", help="hide httptools and uvloop from the baseline server (REV's environment had neither: "
                          "uvicorn then parses with h11 and loops on asyncio)")
+    ap.add_argument("--instances", type=int, default=None, help="server model instances, concurrent runs on one "
+                    "session (default: the server's own, 2 on the CPU; the pre-issue server's 1 for --baseline-rev)")
     ap.add_argument("--clients", type=int, default=0, help="concurrent clients (default: 32 small, 16 large)")
     ap.add_argument("--client-processes", type=int, default=2, help="client processes sharing --clients")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of each served window (twice that for large)")
