@@ -111,3 +111,17 @@ def server_factory():
     yield start
     for s in started:
         s.terminate()
+
+
+@pytest.fixture(scope="module")
+def relu_onnx(tmp_path_factory) -> Path:
+    """A one-node model (Relu, ``x``/``y`` of shape [batch, 4]): for the server's plumbing, not numerics."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    path = tmp_path_factory.mktemp("relu") / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

@@ -5,30 +5,17 @@ groups wait for an idle instance; end to end, every request gets its own rows ba
 import asyncio
 
 import numpy as np
-import onnx
-import pytest
-from onnx import TensorProto, helper
 
 from ln_deploy.serve.batcher import DynamicBatcher
 from ln_deploy.serve.runtime import load_served_model
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    path = tmp_path_factory.mktemp("batcher") / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
 
 
 def _feeds(rows, value):
     return {"x": np.full((rows, 4), value, np.float32)}
 
 
-def test_full_groups_wait_in_line_partial_ones_wait_for_an_idle_instance(model_path):
-    model = load_served_model(model_path, "relu", max_batch_size=4, batch_window_s=10.0)
+def test_full_groups_wait_in_line_partial_ones_wait_for_an_idle_instance(relu_onnx):
+    model = load_served_model(relu_onnx, "relu", max_batch_size=4, batch_window_s=10.0)
 
     async def main():
         b = DynamicBatcher(model, instances=1)
@@ -58,8 +45,8 @@ def test_full_groups_wait_in_line_partial_ones_wait_for_an_idle_instance(model_p
     asyncio.run(main())
 
 
-def test_every_request_gets_its_rows_back_under_concurrency(model_path):
-    model = load_served_model(model_path, "relu", max_batch_size=8, batch_window_s=0.002)
+def test_every_request_gets_its_rows_back_under_concurrency(relu_onnx):
+    model = load_served_model(relu_onnx, "relu", max_batch_size=8, batch_window_s=0.002)
 
     async def main():
         b = DynamicBatcher(model, instances=2, max_queue=1000)
