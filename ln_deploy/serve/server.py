@@ -71,9 +71,9 @@ def parallelism(opts: ServeOptions) -> tuple[int, int]:
     with its share of the cores (``--threads 0``): a small model's batch is a few milliseconds, and
     with one run at a time the cores idled while the run waited for the event loop, and a run's
     parallel sections stalled whenever the HTTP work took one of their cores. benchmarks/bench_serve.py
-    on 2 cores (docs/serving.md): small model 1.7-2.4k -> 2.7-3.7k rows/s served, large 0.98 -> 1.08
-    of the best direct rate; the price is a large model's single-request latency (50 -> 76 ms there:
-    one core per run). On a GPU one run at a time: the device serializes them anyway. Both of the
+    on 2 cores (docs/serving.md, the sixth run): small model served 1.9-2.4k rows/s by the pre-issue
+    server, 4.0-4.5k now; large 0.97 of the best direct rate; the price is a large model's
+    single-request latency (94 ms there against ~50 ms with one run of two threads). On a GPU one run at a time: the device serializes them anyway. Both of the
     instances share one session (its weights once in memory); ``--instances 1`` restores one run with
     every core.
     """

@@ -38,6 +38,14 @@ def _loops():
     yield pytest.param(uvloop.new_event_loop, id="uvloop")
 
 
+def _run_on(new_loop, main):
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 async def _pair(loop):
     ours, peer = socket.socketpair()
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
@@ -70,11 +78,7 @@ def test_header_and_body_leave_in_one_write_in_order(new_loop):
         t.close()
         peer.close()
 
-    loop = new_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    _run_on(new_loop, main)
 
 
 @pytest.mark.parametrize("new_loop", list(_loops()))
@@ -97,11 +101,7 @@ def test_a_lone_small_write_leaves_within_the_turn_and_close_flushes(new_loop):
         assert await loop.sock_recv(peer, 10) == b""
         peer.close()
 
-    loop = new_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    _run_on(new_loop, main)
 
 
 def test_the_server_uses_it():
